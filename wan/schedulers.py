@@ -143,7 +143,8 @@ class FlowScheduler:
             raise ValueError(f"{self.name} scheduler: velocity shape {tuple(velocity.shape)} does not match "
                              f"sample shape {tuple(sample.shape)}")
         work = torch.promote_types(sample.dtype, torch.float32)   # bf16/fp16 latents step in fp32
-        out = self._update(velocity.to(work), step_index, sample.to(work))
+        # copy: UniPC keeps this sample for its corrector, and callers edit latents in place
+        out = self._update(velocity.to(work), step_index, sample.to(work, copy=True))
         self._next_index = step_index + 1
         return out.to(sample.dtype)
 
