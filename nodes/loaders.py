@@ -87,7 +87,7 @@ class WanFP4VAELoader(_SimpleLoader):
             "default": "bf16", "tooltip": "VAE weights and compute precision (bf16 halves its memory)."})
         return d
 
-    def load(self, model_name, precision="bf16"):
+    def load(self, model_name, precision):
         return (services.load_vae(host.resolve_model("vae", model_name), precision, device=host.torch_device()),)
 
 
@@ -104,7 +104,7 @@ class WanFP4TextEncoderLoader(_SimpleLoader):
             "default": "bf16", "tooltip": "fp8_e4m3fn keeps the 11 GB encoder in about 6 GB (tiny quality cost)."})
         return d
 
-    def load(self, model_name, precision="bf16"):
+    def load(self, model_name, precision):
         return (services.load_text_encoder(host.resolve_model("text_encoders", model_name), precision,
                                            device=host.torch_device()),)
 

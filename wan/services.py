@@ -1,5 +1,191 @@
 """What the nodes, the headless runner and the benchmarks call: cached loads and the encode /
-sample steps, each one function. Imports of the heavier modules happen inside the functions so
-importing the pack stays fast.
+sample steps, one function each. The heavier modules are imported inside the functions so that
+importing the pack stays fast and a missing optional package only affects its own feature.
 """
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from ..log import info, warn
+from .model_cache import MODEL_CACHE, make_key
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def dtype_of(precision: str) -> torch.dtype:
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(_DTYPES)}") from None
+
+
+def _device(device) -> torch.device:
+    return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass
+class DiffusionModel:
+    """A loaded, quantized DiT plus what was decided for it (shown in logs, used by the sampler)."""
+
+    model: torch.nn.Module
+    quant_mode: str
+    attention_modes: dict
+    device: torch.device
+    dtype: torch.dtype
+    tuning: dict | None = None
+    notes: list = field(default_factory=list)
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+# ----------------------------------------------------------------------------- loads
+def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf16", *, quant_mode: str = "auto",
+                         keep_audio: bool = False, attention_mode: str = "auto", loras=(), tuning: dict | None = None,
+                         device=None) -> DiffusionModel:
+    """Transformer (+ InfiniteTalk patch) -> LoRAs merged -> quantized -> on the device, cached."""
+    from .. import attention as attn
+    from .. import quant
+    from . import loader
+
+    device = _device(device)
+    dtype = dtype_of(precision)
+    mode = quant.resolve_quant_mode(quant_mode, device=device)
+    lora_list = [(l["path"], float(l["strength"])) for l in loras]
+    key = make_key("diffusion_model", [path, patch_path, *[p for p, _ in lora_list]], precision=precision, quant=mode,
+                   keep_audio=keep_audio, loras=[s for _, s in lora_list], device=str(device))
+
+    def _load():
+        transform = None
+        if mode != "disabled":
+            def transform(m):
+                return quant.quantize_model(m, mode, keep_audio=keep_audio, compute_dtype=dtype)
+        model = loader.load_transformer(path, audio_path=patch_path, dtype=dtype, device="cpu",
+                                        module_transform=transform, loras=lora_list)
+        return model.to(device).eval()
+
+    model = MODEL_CACHE.get_or_load(key, "model", _load)
+    modes = attn.modes_for_model(attention_mode, device=device, dtype=dtype, head_dim=model.config.head_dim)
+    model.set_attention_modes(self_attn=modes["self"], cross_attn=modes["cross"], audio_attn=modes["audio"])
+    quant.log_mode(mode, device=device)
+    info(f"Using {modes['self']} attention")
+    return DiffusionModel(model, mode, modes, device, dtype, tuning)
+
+
+def load_vae(path: str, precision: str = "bf16", device=None):
+    from . import loader
+
+    device = _device(device)
+    dtype = dtype_of(precision)
+    key = make_key("vae", [path], precision=precision, device=str(device))
+    return MODEL_CACHE.get_or_load(key, "VAE", lambda: loader.load_vae(path, dtype=dtype, device=device).eval())
+
+
+def load_text_encoder(path: str, precision: str = "bf16", device=None):
+    from .text_encoder import load_text_encoder as _load
+
+    device = _device(device)
+    key = make_key("t5", [path], precision=precision)
+    return MODEL_CACHE.get_or_load(key, "T5", lambda: _load(path, precision=precision, device=device))
+
+
+def load_clip_vision(path: str, device=None):
+    from .clip_vision import load_clip_vision as _load
+
+    device = _device(device)
+    key = make_key("clip_vision", [path])
+    return MODEL_CACHE.get_or_load(key, "CLIP vision", lambda: _load(path, device=device))
+
+
+def load_audio_encoder(path: str, device=None):
+    from .audio_encoder import load_audio_encoder as _load
+
+    # wav2vec2 is small; InfiniteTalk runs it in fp32 (the features feed every window).
+    device = _device(device)
+    key = make_key("wav2vec2", [path], device=str(device))
+    return MODEL_CACHE.get_or_load(key, "wav2vec2", lambda: _load(path, device=device, dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- encodes
+def encode_text(text_encoder, positive: str, negative: str, offload: bool = True) -> dict:
+    with torch.no_grad():
+        feats, lengths = text_encoder.encode([positive, negative])
+    if offload:
+        text_encoder.offload()
+    return {"positive": feats[0:1].cpu(), "negative": feats[1:2].cpu(), "lengths": list(lengths)}
+
+
+def encode_image(clip_vision, image: torch.Tensor) -> dict:
+    if image.ndim == 4:
+        image = image[:1]
+    with torch.no_grad():
+        clip = clip_vision.encode_image(image)
+    return {"clip": clip[:1].cpu(), "image": image[0].cpu()}
+
+
+def encode_audio(audio_encoder, audio: dict, fps: float, normalize_loudness: bool = True) -> dict:
+    from .audio_input import audio_from_comfy
+
+    wave, sr = audio_from_comfy(audio)
+    with torch.no_grad():
+        feats = audio_encoder.encode_audio(audio, fps=fps, normalize_loudness=normalize_loudness)
+    if feats.shape[0] == 0:
+        raise ValueError("audio: the clip is shorter than one video frame; connect a longer speech clip")
+    return {"features": feats.cpu(), "fps": float(fps), "audio": {"waveform": wave, "sample_rate": sr}}
+
+
+def isolate_vocals(path: str, audio: dict, device=None) -> dict:
+    from .vocal_separation import load_vocal_separator
+
+    device = _device(device)
+    key = make_key("vocals", [path], device=str(device))
+    sep = MODEL_CACHE.get_or_load(key, "vocal isolation model", lambda: load_vocal_separator(path, device=device))
+    with torch.no_grad():
+        return sep.isolate_vocals(audio)
+
+
+# ----------------------------------------------------------------------------- sampling
+def trim_audio(audio: dict, seconds: float) -> dict:
+    wav = audio["waveform"]
+    keep = int(round(seconds * audio["sample_rate"]))
+    return {"waveform": wav[..., :keep].clone(), "sample_rate": audio["sample_rate"]}
+
+
+def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds: dict, audio_embeds: dict, *,
+                     width: int, height: int, frames: int, fps: float, steps: int, cfg: float, audio_cfg: float,
+                     shift: float, scheduler: str, denoise: float, seed: int, motion_frames: int,
+                     color_correction: float, device=None, on_step=None, check_interrupt=None):
+    """Validate the settings, run the streaming sampler, return (IMAGE frames, AUDIO trimmed to the video)."""
+    from .pipeline import GenerationSettings, generate, round_to_4k1
+
+    if abs(audio_embeds["fps"] - fps) > 1e-6:
+        raise ValueError(
+            f"fps: the sampler runs at {fps} fps but the audio was encoded at {audio_embeds['fps']} fps; "
+            f"set the same fps on both nodes")
+    if frames < 1:
+        raise ValueError(f"frames: must be at least 1, got {frames}")
+    if (frames - 1) % 4:
+        fixed = round_to_4k1(frames)
+        warn(f"frames: {frames} is not 4k+1 (Wan's VAE needs 1, 5, 9, ..., 81, ...); using {fixed}")
+        frames = fixed
+    for name, v in (("width", width), ("height", height)):
+        if v % 16:
+            raise ValueError(f"{name}: {v} is not a multiple of 16; try {max(16, v // 16 * 16)}")
+    settings = GenerationSettings(
+        width=width, height=height, frames=frames, fps=fps, steps=steps, cfg=cfg, audio_cfg=audio_cfg, shift=shift,
+        scheduler=scheduler, denoise=denoise, seed=seed, motion_frames=motion_frames,
+        color_correction=color_correction,
+    )
+    result = generate(
+        model.model, vae, text_embeds["positive"], text_embeds["negative"], image_embeds["clip"],
+        image_embeds["image"], audio_embeds["features"], settings, device=model.device,
+        on_step=on_step, check_interrupt=check_interrupt,
+    )
+    audio = trim_audio(audio_embeds["audio"], result.num_frames / fps)
+    info(f"Generated {result.num_frames} frames ({result.num_frames / fps:.2f} s) in {result.windows} window(s), "
+         f"{result.model_calls} model calls")
+    return result.frames, audio
