@@ -80,6 +80,15 @@ def prepare_reference(image: torch.Tensor, width: int, height: int) -> torch.Ten
     return x[0, :, top : top + height, left : left + width].permute(1, 2, 0).contiguous()
 
 
+def _pad_text(ctx: torch.Tensor, length: int) -> torch.Tensor:
+    """Zero-pad T5 features to the DiT's text length (what the model does anyway) so branches batch."""
+    if ctx.ndim == 2:
+        ctx = ctx[None]
+    if ctx.shape[1] > length:
+        raise ValueError(f"text_embeds: {ctx.shape[1]} tokens, the model takes at most {length}")
+    return F.pad(ctx, (0, 0, 0, length - ctx.shape[1]))
+
+
 def _to_video(frames01: torch.Tensor) -> torch.Tensor:
     """[N, H, W, 3] 0..1 -> VAE input [1, 3, N, H, W] in [-1, 1]."""
     return (frames01.permute(3, 0, 1, 2)[None] * 2 - 1)
@@ -155,8 +164,8 @@ def generate(
         f"InfiniteTalk: {target} frames at {s.width}x{s.height}, {len(starts)} window(s) of {window}, "
         f"{len(sched_probe.timesteps)} steps, {'3' if three else '2'} model calls per step"
     )
-    ctx_pos = text_pos.to(device, dtype)
-    ctx_neg = text_neg.to(device, dtype)
+    ctx_pos = _pad_text(text_pos, model.config.text_len).to(device, dtype)
+    ctx_neg = _pad_text(text_neg, model.config.text_len).to(device, dtype)
     clip = clip_features.to(device, dtype) if clip_features is not None else None
 
     out_frames: list[torch.Tensor] = []
@@ -181,12 +190,7 @@ def generate(
             branches = [(ctx_pos, aw), (ctx_neg, aw), (ctx_neg, null_audio)] if three else [(ctx_pos, aw), (ctx_pos, null_audio)]
             vs = _run_branches(model, x, tt, branches, clip, y.to(dtype), s, check_interrupt)
             calls += len(branches)
-            if three:
-                v_c, v_nt, v_u = vs
-                v = v_u + s.cfg * (v_c - v_nt) + s.audio_cfg * (v_nt - v_u)
-            else:
-                v_c, v_na = vs
-                v = v_na + s.audio_cfg * (v_c - v_na)
+            v = combine_guidance(vs, s.cfg, s.audio_cfg)
             latent = sched.step(v.float(), i, latent)
             latent[:, :, :n_m] = motion
             done += 1
@@ -203,6 +207,16 @@ def generate(
                 motion = vae.encode(_to_video(tail).to(device, vae_dtype)).float()
     frames = torch.cat(out_frames, 0)[:target].cpu()
     return GenerationResult(frames, frames.shape[0], len(starts), calls)
+
+
+def combine_guidance(vs: list[torch.Tensor], cfg: float, audio_cfg: float) -> torch.Tensor:
+    """InfiniteTalk CFG (§4.3). 3 branches (cond, null text, null text+audio):
+    v_u + cfg*(v_c - v_nt) + audio_cfg*(v_nt - v_u); 2 branches (cond, null audio): v_na + audio_cfg*(v_c - v_na)."""
+    if len(vs) == 3:
+        v_c, v_nt, v_u = vs
+        return v_u + cfg * (v_c - v_nt) + audio_cfg * (v_nt - v_u)
+    v_c, v_na = vs
+    return v_na + audio_cfg * (v_c - v_na)
 
 
 def _run_branches(model, x, t, branches, clip, y, s: GenerationSettings, check_interrupt):
