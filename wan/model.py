@@ -117,15 +117,18 @@ class WanModel(nn.Module):
 
         Unlike upstream (zero head, unit norms) everything is random so tests exercise every path.
         Weights ~ N(0, std_scale/sqrt(fan_in)), biases ~ N(0, 0.02), norm weights ~ 1 + 0.1 N,
-        norm biases ~ 0.1 N, modulations ~ N(0, 1/dim).
+        norm biases ~ 0.1 N, modulations ~ N(0, 1/dim). Deterministic for a seed on a given device type.
         """
         if any(p.is_meta for p in self.parameters()):
             raise RuntimeError("init_weights: the model is on the meta device; call model.to_empty(device=...) first")
-        gen = torch.Generator(device="cpu")
-        gen.manual_seed(0 if seed is None else int(seed))
+        gens: dict[torch.device, torch.Generator] = {}
 
         def rand(p: torch.Tensor, std: float, mean: float = 0.0) -> None:
-            p.copy_((torch.randn(p.shape, generator=gen) * std + mean).to(p.dtype))
+            # one generator per device: random init of big models on a GPU stays fast (values differ per device type)
+            if p.device not in gens:
+                gens[p.device] = torch.Generator(device=p.device).manual_seed(0 if seed is None else int(seed))
+            noise = torch.randn(p.shape, generator=gens[p.device], device=p.device, dtype=torch.float32)
+            p.copy_((noise * std + mean).to(p.dtype))
 
         for name, p in self.named_parameters():
             leaf = name.rsplit(".", 1)[-1]
