@@ -83,9 +83,8 @@ def load_quantized(path: str, model_factory: Callable[[], nn.Module] | None = No
         model = model_factory()
     quantize_model(model, mode or meta["quant_mode"], keep=tuple(json.loads(meta["keep"])),
                    compute_dtype=dtype, env=env, device=device)
-    state = load_tensors(path)
-    if torch.device(device).type != "cpu":
-        state = {k: v.to(device) for k, v in state.items()}
+    # copy out of the memory map: aligned, file-independent tensors (also what a GPU upload does)
+    state = {k: v.to(device=device, copy=True) for k, v in load_tensors(path).items()}
     try:
         model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as e:

@@ -13,8 +13,9 @@ ComfyUI/comfy-kitchen files put element 2i in the HIGH nibble; `swap_nibbles` co
 
 NVFP4 (block 16): decode scale per tensor ``s = amax / (6 * 448)`` (fp32), per block an e4m3
 scale ``b = e4m3(amax_block / 6 / s)``; value = e2m1(x / (s * b)) * b * s.
-MXFP4 (block 32, OCP MX): per block a power-of-two scale stored as e8m0 (biased exponent,
-2^(code - 127)); we pick the smallest power of two >= amax_block / 6 so no value saturates.
+MXFP4 (block 32, OCP MX v1.0): per block a power-of-two scale stored as e8m0 (biased exponent,
+2^(code - 127)) = 2^(floor(log2 amax_block) - 2) (2 = largest e2m1 exponent), values saturate at
+6. (Measured: this spec rule beats "smallest power of two >= amax/6" on Gaussian and t3 data.)
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ E4M3_MAX = 448.0
 NVFP4_BLOCK = 16
 MXFP4_BLOCK = 32
 E8M0_BIAS = 127
+E2M1_EMAX = 2
 
 # Value of each 4-bit code, index = code.
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
@@ -174,7 +176,7 @@ def quantize_mxfp4(x: torch.Tensor):
     rows, kp = x.shape
     blocks = x.view(rows, kp // MXFP4_BLOCK, MXFP4_BLOCK)
     amax = blocks.abs().amax(dim=-1)
-    exp = torch.ceil(torch.log2(torch.where(amax > 0, amax / E2M1_MAX, torch.ones_like(amax))))
+    exp = torch.floor(torch.log2(torch.where(amax > 0, amax, torch.ones_like(amax)))) - E2M1_EMAX
     exp = exp.clamp(-E8M0_BIAS, 127)
     codes_e8 = (exp + E8M0_BIAS).to(torch.uint8)
     scale = torch.exp2(exp)

@@ -25,7 +25,8 @@ def quantized_size_bytes(model_or_config, mode: str, base_dtype: torch.dtype = t
     total = 0
     for name, m in model.named_modules():
         if isinstance(m, (nn.Linear, QuantLinear)) and should_quantize(name, keep):
-            total += linear_storage_bytes(mode, m.in_features, m.out_features, m.bias is not None, base_dtype)
+            total += linear_storage_bytes(mode, n=m.out_features, k=m.in_features, bias=m.bias is not None,
+                                          base_dtype=base_dtype)
             continue
         for p in m.parameters(recurse=False):
             total += p.numel() * base
