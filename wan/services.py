@@ -54,25 +54,29 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
 
     device = _device(device)
     dtype = dtype_of(precision)
-    mode = quant.resolve_quant_mode(quant_mode, device=device)
     lora_list = [(l["path"], float(l["strength"])) for l in loras]
-    key = make_key("diffusion_model", [path, patch_path, *[p for p, _ in lora_list]], precision=precision, quant=mode,
-                   keep_audio=keep_audio, loras=[s for _, s in lora_list], device=str(device))
+    keep = tuple(quant.KEEP_IN_BASE_PRECISION) + (("audio_cross_attn",) if keep_audio else ())
+    key = make_key("diffusion_model", [path, patch_path, *[p for p, _ in lora_list]], precision=precision,
+                   quant=quant_mode, keep=keep, loras=[s for _, s in lora_list], device=str(device))
 
     def _load():
-        transform = None
-        if mode != "disabled":
-            def transform(m):
-                return quant.quantize_model(m, mode, keep_audio=keep_audio, compute_dtype=dtype)
+        def transform(m):
+            return quant.quantize_model(m, quant_mode, keep=keep, compute_dtype=dtype, device=device)
+
         model = loader.load_transformer(path, audio_path=patch_path, dtype=dtype, device="cpu",
                                         module_transform=transform, loras=lora_list)
         return model.to(device).eval()
 
+    loads = MODEL_CACHE.loads
     model = MODEL_CACHE.get_or_load(key, "model", _load)
-    modes = attn.modes_for_model(attention_mode, device=device, dtype=dtype, head_dim=model.config.head_dim)
+    mode = getattr(model, "wanfp4_quant", {}).get("mode", "disabled")
+    if MODEL_CACHE.loads == loads and mode != "disabled":  # cached: repeat the mode line the load printed
+        env = quant.detect_environment(device)
+        quant.capabilities.log_plan(quant.resolve_compute(mode, env), env)
+    modes = attn.modes_for_model(attention_mode)
     model.set_attention_modes(self_attn=modes["self"], cross_attn=modes["cross"], audio_attn=modes["audio"])
-    quant.log_mode(mode, device=device)
-    info(f"Using {modes['self']} attention")
+    attn.reset_announcements()  # every run shows its attention choice (and any fallback) once
+    attn.resolve_mode(modes["self"], env=attn.current_env(device), head_dim=model.config.head_dim, dtype=dtype)
     return DiffusionModel(model, mode, modes, device, dtype, tuning)
 
 
