@@ -236,7 +236,7 @@ def detect_wan_transformer(raw: TensorInfos, metadata: dict) -> dict | None:
 
 def detect_infos(raw: TensorInfos, metadata: dict | None = None) -> dict | None:
     """Run the detectors; the first non-None answer (NotThisModel propagates with its reason)."""
-    from . import formats_vae  # noqa: F401  (registers the VAE detector)
+    from . import formats_vae, inspect  # noqa: F401  (register the VAE and encoder detectors)
 
     for fn in _DETECTORS:
         out = fn(raw, metadata or {})

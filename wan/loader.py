@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Callable
 
@@ -20,7 +21,8 @@ import torch.nn as nn
 
 from ..log import load, warn
 from .config import WanConfig
-from .detect import NotThisModel, describe_transformer, detect_audio_config, detect_infos, is_audio_key
+from .detect import (NotThisModel, count_params, describe_transformer, detect_audio_config, detect_infos, dtype_label,
+                     is_audio_key)
 from .formats import (QUANT_COMPANIONS, LayoutError, is_diffusers_layout, normalize_transformer_keys,
                       split_key)
 from .formats_vae import normalize_vae_keys, vae_structure
@@ -353,10 +355,9 @@ def load_vae(path, *, dtype: torch.dtype = torch.float32, device="cpu") -> nn.Mo
     """The Wan VAE from ComfyUI / original (.pth, weights_only) / diffusers layouts, on `device` in `dtype`."""
     import dataclasses
 
-    from .vae import VAEConfig, WanVAE
-
     t0 = time.perf_counter()
     structure, state = read_vae_state(path)
+    from .vae import VAEConfig, WanVAE
     fields = {f.name for f in dataclasses.fields(VAEConfig)}
     config = VAEConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in structure.items()
                           if k in fields and v is not None})
@@ -394,6 +395,11 @@ def detect_file(path) -> dict:
                                  f"{len(files.infos)} tensors); not a Wan2.1 transformer, InfiniteTalk, VAE or encoder")
         det = dict(det)
         det.pop("config", None)
+        if det.get("format") is None or det.get("params") is None:   # encoder detectors report sizes only
+            dtypes = Counter(dtype_label(v[0]) for v in raw.values())
+            det.setdefault("dtypes", dict(dtypes))
+            det["format"] = det.get("format") or (next(iter(dtypes)) if len(dtypes) == 1 else "mixed")
+            det["params"] = det.get("params") or count_params(raw)
         if len(files.files) > 1:
             det["shards"] = len(files.files)
         if "wanfp4_demo" in meta:

@@ -170,9 +170,13 @@ def load_pickle_state(path: str) -> dict[str, torch.Tensor]:
                 raise
             obj = torch.load(path, map_location="cpu", weights_only=True)   # legacy (non-zip) format
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelFileError(f"{path}: refused to load: the pickle holds more than tensors ({first}); "
-                             "only plain state dicts are loaded (weights_only=True). Use a .safetensors file") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "GLOBAL" in ln or "global" in ln.split(" ", 3)[:3]), None)
+        if why is None:
+            raise ModelFileError(f"{path}: cannot be read as a PyTorch state dict ({lines[-1] if lines else e}); "
+                                 "re-download it") from None
+        raise ModelFileError(f"{path}: refused to load: the pickle holds more than tensors ({why}); only plain "
+                             "state dicts are loaded (weights_only=True). Use a .safetensors file") from None
     except Exception as e:  # truncated zip, not a torch file at all, ...
         raise ModelFileError(f"{path}: cannot be read as a PyTorch state dict ({type(e).__name__}: {e}); "
                              "re-download it") from None
