@@ -224,3 +224,30 @@ def test_loras_are_merged_after_loading(tmp_path, source):
 def test_comfy_quant_entry_format_is_comfyui_json():
     assert bytes(comfy_quant_entry("nvfp4").tolist()).decode() == '{"format": "nvfp4"}'
     assert COMFY_PREFIX == "model.diffusion_model."
+
+
+def test_prequantized_nvfp4_file_plain_and_quantized(tmp_path, source):
+    """Our pre-quantized NVFP4 file: into plain Linears (dequantized) and into QuantLinear (bits kept)."""
+    from wanfp4.quant import quantize_model, save_quantized
+    from wanfp4.quant.capabilities import Environment
+    from wanfp4.wan.loader import detect_file
+
+    model, _, _ = source
+    env = Environment()
+    q = quantize_model(tiny_model(), "fp4_scaled", compute_dtype=torch.float32, env=env)
+    path = f"{tmp_path}/q.safetensors"
+    save_quantized(q, path, config=TINY_INFINITETALK)
+    det = detect_file(path)
+    assert (det["format"], det["kind"]) == ("nvfp4", "wan2.1-i2v+infinitetalk")
+    assert det["quant_layout"].startswith("wanfp4 pre-quantized")
+    plain = load_transformer(path, dtype=torch.float32)
+    want = q.blocks[0].ffn[0].dequantize_weight()
+    assert torch.equal(plain.blocks[0].ffn[0].weight, want)
+    back = load_transformer(path, dtype=torch.float32, module_transform=lambda m: quantize_model(
+        m, "fp4_scaled", compute_dtype=torch.float32, env=env))
+    for k, v in q.state_dict().items():
+        got = back.state_dict()[k]
+        bits = lambda t: t.reshape(-1).view(torch.uint8)  # noqa: E731
+        assert got.dtype == v.dtype and torch.equal(bits(got), bits(v)), k
+    assert torch.equal(_forward(back), _forward(q))
+    torch.testing.assert_close(_forward(plain), _forward(q), rtol=1e-4, atol=1e-5)

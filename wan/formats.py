@@ -171,11 +171,3 @@ def _add_quant_metadata(km: KeyMap, metadata: dict[str, str], diffusers: bool) -
 def comfy_quant_tensor(conf: dict) -> torch.Tensor:
     """ComfyUI's per-layer quantization entry: the JSON config as a uint8 tensor."""
     return torch.tensor(list(json.dumps(conf).encode("utf-8")), dtype=torch.uint8)
-
-
-def decode_comfy_quant(t: torch.Tensor) -> dict:
-    return json.loads(bytes(t.detach().cpu().to(torch.uint8).flatten().tolist()).decode("utf-8"))
-
-
-def is_companion(key: str) -> bool:
-    return split_key(key)[1] in QUANT_COMPANIONS

@@ -42,21 +42,16 @@ class NormalizedState(Mapping):
         self.detection: dict = {}
         self._sources: list[TensorFiles] = []
 
-    def add(self, source: TensorFiles, mapping: dict[str, str], literals: dict[str, torch.Tensor] | None = None,
-            replace: bool = False) -> list[str]:
-        """Add {original key: stored key} of `source`; returns the keys that replaced earlier ones."""
+    def add(self, source: TensorFiles, mapping: dict[str, str], literals: dict[str, torch.Tensor] | None = None):
+        """Add {original key: stored key} of `source` (a key already present is an error)."""
         if source not in self._sources:
             self._sources.append(source)
-        replaced = []
         for name, stored in mapping.items():
             if name in self.entries:
-                if not replace:
-                    raise ModelFileError(f"{source.infos[stored][0]}: tensor '{stored}' duplicates '{name}' of "
-                                         f"{self.where(name)}; pass each model file once")
-                replaced.append(name)
+                raise ModelFileError(f"{source.infos[stored][0]}: tensor '{stored}' duplicates '{name}' of "
+                                     f"{self.where(name)}; pass each model file once")
             self.entries[name] = (source, stored)
         self.literals.update(literals or {})
-        return replaced
 
     def where(self, key: str) -> str:
         """The file a key comes from (for error messages)."""
@@ -100,6 +95,12 @@ class NormalizedState(Mapping):
         for s in self._sources:
             s.close()
 
+    def __enter__(self) -> "NormalizedState":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _what_is(files: TensorFiles) -> str:
     """Short description of an unusable file (for 'not a transformer' errors)."""
@@ -118,14 +119,12 @@ def _open(paths) -> TensorFiles:
     return TensorFiles(resolve_checkpoint_files(paths))
 
 
-def _normalize_into(state: NormalizedState, files: TensorFiles, *, audio_only: bool = False,
-                    replace: bool = False) -> list[str]:
+def _normalize_into(state: NormalizedState, files: TensorFiles, *, audio_only: bool = False) -> None:
     stored_by_file: dict[str, list[str]] = {}
     for k, (f, _, _) in files.infos.items():
         stored_by_file.setdefault(f, []).append(k)
     diffusers = is_diffusers_layout(k.split("diffusion_model.")[-1] for k in files.infos)
     ignored: list[str] = []
-    replaced: list[str] = []
     for f, keys in stored_by_file.items():
         try:
             km = normalize_transformer_keys(keys, files.metadata[f], diffusers=diffusers)
@@ -136,13 +135,12 @@ def _normalize_into(state: NormalizedState, files: TensorFiles, *, audio_only: b
             ignored += [k for k in mapping if not is_audio_key(k)]
             mapping = {k: v for k, v in mapping.items() if is_audio_key(k)}
         ignored += km.ignored
-        replaced += state.add(files, mapping, km.literals, replace=replace)
+        state.add(files, mapping, km.literals)
         if km.layout != "original" or km.kijai_audio:
             state.detection.setdefault("layouts", []).append(km.layout + (" +kijai" if km.kijai_audio else ""))
     if ignored:
         warn(f"{files.files[0]}: ignored {len(ignored)} tensors that are not part of the "
              f"{'InfiniteTalk audio modules' if audio_only else 'transformer'} (e.g. '{ignored[0]}')")
-    return replaced
 
 
 def read_transformer_state(path_or_paths, *, audio_path=None) -> tuple[WanConfig, NormalizedState]:
@@ -150,6 +148,7 @@ def read_transformer_state(path_or_paths, *, audio_path=None) -> tuple[WanConfig
 
     `path_or_paths`: a file, an `*.safetensors.index.json`, one shard of a sharded checkpoint,
     or a list of files. `audio_path`: the InfiniteTalk / MultiTalk audio file when separate.
+    The state keeps the files open (memory-mapped): close it (or use it as a context manager).
     """
     files = _open(path_or_paths)
     state = NormalizedState()
