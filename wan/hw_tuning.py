@@ -1,0 +1,464 @@
+"""Auto hardware tuning: predict the VRAM peak of a run and pick blocks_to_swap, the quantization /
+attention / batched-CFG fallbacks, VAE tiling and encoder residency so it stays under a threshold.
+
+`plan_memory` is a pure function of a `GpuInfo` (real: `detect_gpu`, or simulated presets) and the run
+settings, so every decision is testable on CPU. Byte counts of weights are exact (quant storage layouts);
+activations follow measured coefficients of this pack's block code (see ACT_* below); the VAE figures
+come from kernels_quant_perf.md §2.4. All predictions are *allocated* bytes, the quantity
+`torch.cuda.max_memory_allocated` reports; the threshold check adds CUDA_CONTEXT_BYTES on top.
+"""
+from __future__ import annotations
+
+import functools
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ..log import info, warn
+from .block_swap import DEFAULT_PIN_FRACTION, EMBEDDING_MODULES, system_ram_bytes
+
+GiB = 1024**3
+
+# Activation peak of one block call, in bytes per element of E = B*L*dim (bf16/fp16 activations; fp32
+# doubles them), measured with a storage tracker on this pack's WanBlock (tests/test_hw_tuning.py checks
+# the formula against it). Two phases compete: cross-attention (q, k, y of self-attention still alive,
+# fp32 q-norm temporaries) and the FFN (ffn.0 output + GELU output, 2 bytes each per element of B*L*ffn).
+ACT_CROSS_PER_E = 23.5
+ACT_FFN_PER_E = 14.0
+ACT_FFN_PER_F = 4.0
+# Extra self-attention workspace per element of E (quantized copies of q/k/v; the fp32 reference
+# implementations of the sage modes hold fp32 q/k/v plus a score chunk). Self-attention peaks ~18 E
+# without it, so kernels up to ~5 E of workspace do not move the block peak.
+ACT_SELF_PER_E = 18.0
+ATTENTION_WORKSPACE_PER_E = {"sdpa": 0.0, "flash_attn_2": 0.0, "flash_attn_3": 0.0, "sageattn": 3.0,
+                             "sageattn_3": 4.0, "sageattn_3_fp8": 4.0, "sageattn_3_fp4": 3.0}
+REFERENCE_ATTENTION_PER_E = 14.0
+REFERENCE_SCORE_BYTES = 3 * 4 * (1 << 25)        # attention/reference.py SCORE_ELEMENTS fp32, ~3 alive
+# Per-call temporaries of the quantized Linear paths, in bytes per weight element of the largest Linear.
+QUANT_TEMP_PER_WEIGHT = {"dense": 0.0, "upcast": 6.0, "w4a16": 6.0, "w4a8": 5.0, "w8a8": 1.0, "w4a4": 1.0}
+# Wan VAE (diffusers AutoencoderKLWan at 640x720x81, H200: decode peak 5.5 GiB, tiled 1.4 GiB, §2.4).
+VAE_WEIGHT_BYTES = 127_000_000 * 2
+VAE_DECODE_PER_PIXEL = 11_780                     # working set per output pixel (frame-chunked decode)
+VAE_TILED_BYTES = 1_030_000_000                   # tiled working set (fixed tile size)
+CUDA_CONTEXT_BYTES = int(0.75 * GiB)              # CUDA context + allocator slack, not in max_memory_allocated
+HOST_RAM_USABLE = 0.8                             # share of RAM swapped weights may take
+# Encoders (default bytes on the GPU while they run): umT5-XXL encoder bf16, CLIP ViT-H/14 fp16,
+# wav2vec2-base fp32, MelBand RoFormer fp32.
+ENCODER_BYTES = {"t5": 11_400_000_000, "clip_vision": 1_260_000_000, "wav2vec2": 380_000_000,
+                 "vocals": 900_000_000}
+
+
+# ----------------------------------------------------------------------------- GPU description
+@dataclass(frozen=True)
+class GpuInfo:
+    name: str = "CPU"
+    cc: tuple[int, int] | None = None            # None: CPU / no CUDA
+    total_bytes: int = 0
+    free_bytes: int | None = None
+    ram_bytes: int | None = None
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.cc is not None and self.total_bytes > 0
+
+    @property
+    def sm(self) -> str:
+        return "cpu" if self.cc is None else f"sm_{self.cc[0]}{self.cc[1]}"
+
+    @property
+    def fp8_compute(self) -> bool:
+        return self.cc is not None and self.cc >= (8, 9)
+
+    def describe(self) -> str:
+        ram = "" if self.ram_bytes is None else f", RAM {self.ram_bytes / GiB:.0f} GiB"
+        if not self.is_cuda:
+            return f"CPU (no CUDA GPU){ram}"
+        free = "" if self.free_bytes is None else f", {self.free_bytes / GiB:.1f} GiB free"
+        return f"{self.name} ({self.sm}, {self.total_bytes / GiB:.1f} GiB total{free}){ram}"
+
+    @classmethod
+    def simulate(cls, preset: str, free_bytes: int | None = None, ram_bytes: int | None = 64 * GiB) -> "GpuInfo":
+        """Presets for tests and what-if plans: rtx3060, rtx4090, rtx5090, h100, h200."""
+        try:
+            name, cc, mib = GPU_PRESETS[preset]
+        except KeyError:
+            raise ValueError(f"unknown GPU preset {preset!r}; choose one of {', '.join(GPU_PRESETS)}") from None
+        return cls(name, cc, mib * 1024**2, free_bytes, ram_bytes)
+
+
+GPU_PRESETS = {   # name, compute capability, total MiB as nvidia-smi reports it
+    "rtx3060": ("NVIDIA GeForce RTX 3060", (8, 6), 12288),
+    "rtx4090": ("NVIDIA GeForce RTX 4090", (8, 9), 24564),
+    "rtx5090": ("NVIDIA GeForce RTX 5090", (12, 0), 32607),
+    "h100": ("NVIDIA H100 80GB HBM3", (9, 0), 81559),
+    "h200": ("NVIDIA H200", (9, 0), 143771),
+}
+
+
+def detect_gpu(device=None) -> GpuInfo:
+    """The real device: name, compute capability, total and free VRAM, and the system RAM."""
+    ram = system_ram_bytes()
+    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if dev.type != "cuda" or not torch.cuda.is_available():
+        return GpuInfo(ram_bytes=ram)
+    idx = dev.index if dev.index is not None else torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(idx)
+    free, total = torch.cuda.mem_get_info(idx)
+    return GpuInfo(props.name, (props.major, props.minor), int(total), int(free), ram)
+
+
+# ----------------------------------------------------------------------------- sizes
+@dataclass(frozen=True)
+class WeightSizes:
+    block_bytes: int            # one transformer block in its stored form
+    other_bytes: int            # everything outside `blocks` (embeddings, head, ...)
+    embedding_bytes: int        # text/image embeddings + audio projection (offloadable)
+    largest_linear: int         # weight elements of the largest quantized Linear (per-call temporaries)
+
+
+@functools.lru_cache(maxsize=64)
+def weight_sizes(config, mode: str, dtype: torch.dtype = torch.bfloat16) -> WeightSizes:
+    """Exact stored bytes per block and outside the blocks (quant storage layouts, fp32-kept tensors)."""
+    from ..quant import linear_storage_bytes, should_quantize
+    from .model import WanModel, keeps_fp32
+
+    with torch.device("meta"):
+        model = WanModel(config)
+    base = torch.empty((), dtype=dtype).element_size()
+    blocks = other = emb = largest = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) and should_quantize(name):
+            size = linear_storage_bytes(mode, m.out_features, m.in_features, m.bias is not None, dtype)
+            largest = max(largest, m.in_features * m.out_features)
+        else:
+            size = sum(p.numel() * (4 if keeps_fp32(f"{name}.{pn}") else base)
+                       for pn, p in m.named_parameters(recurse=False))
+        if name.startswith("blocks."):
+            blocks += size
+        else:
+            other += size
+            if name.split(".")[0] in EMBEDDING_MODULES:
+                emb += size
+    return WeightSizes(blocks // config.num_layers, other, emb, largest)
+
+
+def tokens_for(config, width: int, height: int, frames: int, window: int = 81) -> tuple[int, int]:
+    """(latent frames, tokens) of one model call: windows of at most `window` frames (4k+1)."""
+    frames = min(max(1, int(frames)), window)
+    frames = 4 * ((frames - 1 + 3) // 4) + 1
+    lat_f = (frames - 1) // 4 + 1
+    _, ph, pw = config.patch_size
+    return lat_f, lat_f * (height // (8 * ph)) * (width // (8 * pw))
+
+
+def activation_bytes(config, tokens: int, batch: int, attention_mode: str = "sdpa", reference: bool = False,
+                     act_bytes: int = 2) -> int:
+    """Peak bytes alive during one block call (model inputs included), per ACT_* above."""
+    e = batch * tokens * config.dim
+    f = batch * tokens * config.ffn_dim
+    k = act_bytes / 2
+    work = ATTENTION_WORKSPACE_PER_E.get(attention_mode, 4.0)
+    self_phase = (ACT_SELF_PER_E + (REFERENCE_ATTENTION_PER_E if reference else work)) * e
+    if reference:
+        self_phase += REFERENCE_SCORE_BYTES
+    peak = max(ACT_CROSS_PER_E * e, ACT_FFN_PER_E * e + ACT_FFN_PER_F * f, self_phase)
+    ctx = batch * (config.text_len + (config.image_tokens if config.is_i2v else 0)) * config.dim * 2
+    return int(peak * k + ctx * k)
+
+
+def vae_peak_bytes(width: int, height: int, frames: int, tiled: bool) -> int:
+    """Working set of decoding one window (weights excluded): per-pixel chunked decode or fixed tiles,
+    plus the decoded video in bf16 and its fp32 copy (pipeline._from_video)."""
+    video = 3 * frames * width * height * (2 + 4)
+    return (VAE_TILED_BYTES if tiled else VAE_DECODE_PER_PIXEL * width * height) + video
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Plan:
+    gpu: GpuInfo
+    threshold: float
+    limit_bytes: int
+    quant_mode: str
+    attention_mode: str
+    batch_cfg: bool
+    blocks_to_swap: int
+    num_layers: int
+    vae_tiling: bool
+    dit_leaves_for_decode: bool
+    keep_encoders: bool
+    fits: bool
+    width: int = 0
+    height: int = 0
+    frames: int = 0
+    tokens: int = 0
+    batch: int = 1
+    weights_resident: int = 0        # resident blocks + outside-block weights + swap slots
+    slot_bytes: int = 0
+    activations: int = 0
+    vae_bytes: int = 0               # VAE weights + decode working set
+    encoder_bytes: int = 0           # kept on the GPU during sampling (0 when they leave)
+    sampling_peak: int = 0
+    decode_peak: int = 0
+    predicted_peak: int = 0
+    host_bytes: int = 0
+    pinned_bytes: int = 0
+    reasons: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def _auto_order(gpu: GpuInfo) -> tuple[str, ...]:
+    """Quality first among modes that run fast on this GPU (same policy as quant.choose_auto_mode)."""
+    if not gpu.is_cuda:
+        return ("disabled",)
+    return ("fp8_e4m3fn_fast", "fp4_scaled_fast") if gpu.fp8_compute else ("disabled", "fp8_e4m3fn_scaled", "fp4_scaled")
+
+
+def _compute_path(mode: str, gpu: GpuInfo) -> str:
+    from ..quant import Environment, resolve_compute
+    env = Environment(cc=gpu.cc, name=gpu.name) if gpu.is_cuda else Environment()
+    return resolve_compute(mode, env).path
+
+
+def plan_memory(gpu: GpuInfo, model_config, quant_mode: str, attention_mode: str, width: int, height: int,
+                frames: int, blocks_to_swap: int = 0, threshold: float = 0.5, *, auto: bool = True,
+                dtype: torch.dtype = torch.bfloat16, cfg_branches: int = 3, batch_cfg: bool = True,
+                offload_embeddings: bool = False, vae_tiling: str = "auto", attention_reference: bool = False,
+                encoder_bytes: dict | None = None, window: int = 81, prefetch: int = 1) -> Plan:
+    """Predict the peak and choose the settings (see module doc). With auto=False the user's settings are
+    kept and the plan only reports the prediction. quant_mode may be "auto"."""
+    if not 0 < threshold <= 1:
+        raise ValueError(f"vram_threshold: must be in (0, 1] (a share of total VRAM), got {threshold}")
+    if width % 16 or height % 16 or width <= 0 or height <= 0:
+        raise ValueError(f"width/height: must be positive multiples of 16, got {width}x{height}")
+    n_layers = model_config.num_layers
+    if not 0 <= blocks_to_swap <= n_layers:
+        raise ValueError(f"blocks_to_swap: must be between 0 and {n_layers}, got {blocks_to_swap}")
+    enc = dict(ENCODER_BYTES if encoder_bytes is None else encoder_bytes)
+    lat_f, tokens = tokens_for(model_config, width, height, frames, window)
+    win_frames = 4 * (lat_f - 1) + 1
+    act_b = torch.empty((), dtype=dtype).element_size()
+    limit = int(threshold * gpu.total_bytes)
+    common = dict(gpu=gpu, threshold=threshold, limit_bytes=limit, num_layers=n_layers, width=width,
+                  height=height, frames=win_frames, tokens=tokens)
+    if not gpu.is_cuda:
+        mode = "disabled" if quant_mode == "auto" else quant_mode
+        plan = Plan(quant_mode=mode, attention_mode=attention_mode, batch_cfg=batch_cfg, blocks_to_swap=0,
+                    vae_tiling=vae_tiling == "on", dit_leaves_for_decode=False, keep_encoders=True, fits=True,
+                    batch=cfg_branches if batch_cfg else 1, **common)
+        plan.notes.append("no CUDA GPU: no VRAM plan, block swap off")
+        return plan
+
+    requested = quant_mode
+    order = _auto_order(gpu)
+    if quant_mode == "auto":
+        modes = list(order)
+    elif auto:   # the user's mode first, then the smaller ones this GPU runs well
+        mine = weight_sizes(model_config, quant_mode, dtype).block_bytes
+        modes = [quant_mode] + [m for m in order if weight_sizes(model_config, m, dtype).block_bytes < mine]
+    else:
+        modes = [quant_mode]
+    variants = [(batch_cfg, attention_mode)] + ([(False, attention_mode)] if auto and batch_cfg else [])
+    last_resort = [(False, "sdpa")] if auto and attention_mode != "sdpa" else []
+    ram_cap = None if gpu.ram_bytes is None else HOST_RAM_USABLE * gpu.ram_bytes
+
+    def evaluate(mode, batched, attn, n):
+        ws = weight_sizes(model_config, mode, dtype)
+        batch = cfg_branches if batched else 1
+        slots = min(prefetch + 1, n) * ws.block_bytes
+        other = ws.other_bytes - (ws.embedding_bytes if offload_embeddings else 0)
+        resident = other + (n_layers - n) * ws.block_bytes + slots
+        act = activation_bytes(model_config, tokens, batch, attn, attention_reference and attn == attention_mode,
+                               act_b)
+        act += int(QUANT_TEMP_PER_WEIGHT.get(_compute_path(mode, gpu), 6.0) * ws.largest_linear)
+        host = n * ws.block_bytes + (ws.embedding_bytes if offload_embeddings else 0)
+        sampling = resident + act + VAE_WEIGHT_BYTES
+        ok = sampling + CUDA_CONTEXT_BYTES <= limit and (ram_cap is None or host <= ram_cap)
+        return ok, dict(resident=resident, slots=slots, act=act, host=host, sampling=sampling, batch=batch)
+
+    def fewest_blocks(mode, batched, attn):
+        for n in range(blocks_to_swap, (n_layers if auto else blocks_to_swap) + 1):
+            ok, est = evaluate(mode, batched, attn, n)
+            if ok:
+                return n, est
+        return None
+
+    # Per mode (quality first): the variant that swaps the fewest blocks (ties: batched CFG); switching the
+    # attention kernel to sdpa only when nothing else fits. Fewer swapped blocks means less PCIe traffic
+    # and pinned RAM; running CFG branches one at a time costs little at video token counts.
+    chosen = None
+    for mode in modes:
+        found = [(r[0], i, v, r[1]) for i, v in enumerate(variants) if (r := fewest_blocks(mode, *v)) is not None]
+        if not found:
+            found = [(r[0], 0, v, r[1]) for v in last_resort if (r := fewest_blocks(mode, *v)) is not None]
+        if found:
+            n, _, (batched, attn), est = min(found, key=lambda t: (t[0], t[1]))
+            chosen = (mode, batched, attn, n, est)
+            break
+    fits = chosen is not None
+    if not fits:   # best effort: the smallest footprint we can offer, reported as not fitting
+        mode, (batched, attn) = modes[-1], (last_resort or variants)[-1]
+        n = n_layers if auto else blocks_to_swap
+        chosen = (mode, batched, attn, n, evaluate(mode, batched, attn, n)[1])
+    mode, batched, attn, n, est = chosen
+    reasons = {}
+    reasons["quant"] = ("as requested" if mode == requested else
+                        f"auto: {'quality first, fits' if mode == modes[0] else 'larger modes do not fit'}"
+                        if requested == "auto" else f"{requested} does not fit; smaller weights")
+    reasons["attention"] = "as requested" if attn == attention_mode else f"{attention_mode} workspace does not fit"
+    reasons["batch_cfg"] = ("as requested" if batched == batch_cfg else
+                            "CFG branches run one at a time: batched activations do not fit")
+    reasons["swap"] = ("as requested" if n == blocks_to_swap else
+                       f"raised from {blocks_to_swap}: fewest blocks that keep the peak under the threshold")
+
+    # ---- VAE decode (DiT resident unless it has to leave) and encoders
+    resident, sampling = est["resident"], est["sampling"]
+    free_for_vae = limit - CUDA_CONTEXT_BYTES - VAE_WEIGHT_BYTES
+    untiled, tiled = vae_peak_bytes(width, height, win_frames, False), vae_peak_bytes(width, height, win_frames, True)
+    tiles = {"on": [True], "off": [False], "auto": [False, True]}.get(vae_tiling)
+    if tiles is None:
+        raise ValueError(f"vae_tiling: must be 'auto', 'on' or 'off', got {vae_tiling!r}")
+    leaves, use_tiles = False, tiles[-1]
+    for t in tiles:
+        if resident + (tiled if t else untiled) <= free_for_vae:
+            use_tiles = t
+            break
+    else:
+        leaves = True   # the DiT leaves VRAM for the decode
+        use_tiles = next((t for t in tiles if (tiled if t else untiled) <= free_for_vae), tiles[-1])
+        fits = fits and (tiled if use_tiles else untiled) <= free_for_vae
+    vae_work = tiled if use_tiles else untiled
+    decode_peak = (0 if leaves else resident) + VAE_WEIGHT_BYTES + vae_work
+    enc_total = sum(enc.values())
+    keep_enc = max(sampling, decode_peak) + enc_total + CUDA_CONTEXT_BYTES <= limit
+    enc_kept = enc_total if keep_enc else 0
+    reasons["vae"] = ("tiling on as requested" if vae_tiling == "on" else "tiling off as requested"
+                      if vae_tiling == "off" else "tiling: untiled decode does not fit" if use_tiles else
+                      "untiled decode fits")
+    reasons["encoders"] = ("kept on the GPU: room left" if keep_enc else
+                           f"leave the GPU after use ({enc_total / GiB:.1f} GiB would not fit next to the DiT)")
+    plan = Plan(quant_mode=mode, attention_mode=attn, batch_cfg=batched, blocks_to_swap=n, vae_tiling=use_tiles,
+                dit_leaves_for_decode=leaves, keep_encoders=keep_enc, fits=fits, batch=est["batch"],
+                weights_resident=resident, slot_bytes=est["slots"], activations=est["act"],
+                vae_bytes=VAE_WEIGHT_BYTES + vae_work, encoder_bytes=enc_kept, sampling_peak=sampling + enc_kept,
+                decode_peak=decode_peak + enc_kept, predicted_peak=max(sampling, decode_peak) + enc_kept,
+                host_bytes=est["host"], reasons=reasons, **common)
+    pin_cap = None if gpu.ram_bytes is None else DEFAULT_PIN_FRACTION * gpu.ram_bytes
+    plan.pinned_bytes = int(plan.host_bytes if pin_cap is None else min(plan.host_bytes, pin_cap))
+    if plan.host_bytes > plan.pinned_bytes:
+        plan.notes.append(f"{(plan.host_bytes - plan.pinned_bytes) / GiB:.1f} GiB of swapped weights exceed the "
+                          f"pinned cap (50% of RAM): those copies are pageable and slower")
+    if gpu.free_bytes is not None and gpu.free_bytes < plan.predicted_peak + CUDA_CONTEXT_BYTES:
+        plan.notes.append(f"only {gpu.free_bytes / GiB:.1f} GiB free now: other programs or models hold VRAM")
+    if not fits:
+        plan.notes.append("does not fit even with every fallback: lower the resolution or the frames per window")
+    return plan
+
+
+def format_plan(plan: Plan) -> str:
+    """One readable block: GPU, chosen modes and why, blocks swapped, predicted peak vs the threshold."""
+    g = lambda b: f"{b / GiB:.1f} GiB"   # noqa: E731
+    r = plan.reasons
+    lines = [f"[INFO] Hardware plan: {plan.gpu.describe()}"]
+    if not plan.gpu.is_cuda:
+        return "\n".join(lines + [f"  {n}" for n in plan.notes])
+    lines += [
+        f"  shape: {plan.width}x{plan.height}, {plan.frames} frames per window -> {plan.tokens:,} tokens, "
+        f"batch {plan.batch}",
+        f"  quantization: {plan.quant_mode} ({r.get('quant')})",
+        f"  attention: {plan.attention_mode} ({r.get('attention')}); batched CFG: "
+        f"{'on' if plan.batch_cfg else 'off'} ({r.get('batch_cfg')})",
+        f"  block swap: {plan.blocks_to_swap}/{plan.num_layers} blocks ({r.get('swap')}); host memory "
+        f"{g(plan.host_bytes)}, pinned {g(plan.pinned_bytes)}",
+        f"  VAE: {r.get('vae')}; DiT {'leaves VRAM for the decode' if plan.dit_leaves_for_decode else 'stays on the GPU during decode'}",
+        f"  encoders: {r.get('encoders')}",
+        f"  predicted peak: {g(plan.predicted_peak)} (weights {g(plan.weights_resident)}, activations "
+        f"{g(plan.activations)}, VAE {g(plan.vae_bytes)}, encoders {g(plan.encoder_bytes)}) + CUDA context "
+        f"{g(CUDA_CONTEXT_BYTES)} vs limit {g(plan.limit_bytes)} ({plan.threshold:.0%} of VRAM): "
+        f"{'fits' if plan.fits else 'DOES NOT FIT'}",
+    ]
+    lines += [f"  note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+def log_plan(plan: Plan) -> str:
+    text = format_plan(plan)
+    body = text.removeprefix("[INFO] ")
+    return (info if plan.fits else warn)(body)
+
+
+def measured_vs_predicted(plan: Plan, measured_bytes: int) -> str:
+    pred = plan.predicted_peak
+    diff = (measured_bytes - pred) / pred * 100 if pred else 0.0
+    return (f"Peak VRAM: measured {measured_bytes / GiB:.2f} GiB (max_memory_allocated) vs predicted "
+            f"{pred / GiB:.2f} GiB ({diff:+.0f}%)")
+
+
+def log_measured_peak(plan: Plan, device=None) -> str | None:
+    """After the run: log torch.cuda.max_memory_allocated next to the prediction (None on CPU)."""
+    if not plan.gpu.is_cuda or not torch.cuda.is_available():
+        return None
+    return info(measured_vs_predicted(plan, torch.cuda.max_memory_allocated(device)))
+
+
+# ----------------------------------------------------------------------------- out of memory
+def _get(settings, name, default=None):
+    return settings.get(name, default) if isinstance(settings, dict) else getattr(settings, name, default)
+
+
+def oom_advice(plan: Plan, settings) -> str:
+    """A clear message with the next setting to try (more blocks swapped, lower resolution, fewer frames)."""
+    w, h = int(_get(settings, "width", plan.width)), int(_get(settings, "height", plan.height))
+    frames = int(_get(settings, "frames", plan.frames))
+    steps = []
+    if plan.blocks_to_swap < plan.num_layers:
+        more = min(plan.num_layers, max(plan.blocks_to_swap + 10, plan.blocks_to_swap * 2))
+        steps.append(f"set blocks_to_swap to {more} (now {plan.blocks_to_swap}) on the hardware tuning node")
+    nw, nh = max(16, int(w * 0.8) // 16 * 16), max(16, int(h * 0.8) // 16 * 16)
+    if (nw, nh) != (w, h):
+        steps.append(f"lower the resolution to {nw}x{nh} (now {w}x{h}, about {1 - nw * nh / (w * h):.0%} fewer tokens)")
+    window = min(frames, 81)
+    if frames <= 81 and window > 5:
+        nf = max(5, 4 * ((window - 1) * 2 // 3 // 4) + 1)
+        steps.append(f"use fewer frames: {nf} (now {frames}); longer videos run in 81-frame windows and "
+                     f"need no more VRAM than one window")
+    if not steps:
+        steps.append("free VRAM used by other programs, or use a GPU with more memory")
+    msg = (f"CUDA out of memory during sampling (predicted peak {plan.predicted_peak / GiB:.1f} GiB, limit "
+           f"{plan.limit_bytes / GiB:.1f} GiB of {plan.gpu.total_bytes / GiB:.1f} GiB). Next setting to try: "
+           f"{steps[0]}.")
+    if len(steps) > 1:
+        msg += " If that is not enough: " + "; then ".join(steps[1:]) + "."
+    return msg + " Your inputs and encoded conditions are kept: queue the run again after changing the setting."
+
+
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@contextmanager
+def oom_guard(plan: Plan, settings):
+    """Turn torch.OutOfMemoryError into a RuntimeError carrying oom_advice; frees the failed step's memory."""
+    try:
+        yield
+    except _OOM as err:
+        first = (str(err).strip().splitlines() or ["CUDA out of memory"])[0]
+        err.__traceback__ = None          # drop the frames that hold the failed step's tensors
+        del err
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        raise RuntimeError(f"{oom_advice(plan, settings)} (CUDA: {first})") from None
+
+
+def plan_run(model, quant_mode: str, attention_mode: str, settings, tuning: dict | None, device=None,
+             gpu: GpuInfo | None = None) -> Plan:
+    """Convenience for the sampler: plan for a loaded WanModel, GenerationSettings and the tuning dict."""
+    tuning = tuning or {}
+    gpu = gpu or detect_gpu(device)
+    return plan_memory(
+        gpu, model.config, quant_mode, attention_mode, int(_get(settings, "width")), int(_get(settings, "height")),
+        int(_get(settings, "frames")), int(tuning.get("blocks_to_swap", 0)), float(tuning.get("vram_threshold", 0.5)),
+        auto=bool(tuning.get("auto", False)), dtype=getattr(model, "activation_dtype", None) or torch.bfloat16,
+        cfg_branches=3 if float(_get(settings, "cfg", 7.0)) != 1.0 else 2,
+        batch_cfg=bool(_get(settings, "batch_cfg", True)), offload_embeddings=bool(tuning.get("offload_embeddings", False)),
+        vae_tiling=str(tuning.get("vae_tiling", "auto")), window=int(_get(settings, "window", 81)))
