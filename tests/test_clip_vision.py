@@ -113,6 +113,8 @@ def test_bad_image_inputs():
         image_from_comfy(torch.zeros(1, 4, 4, 5))
     with pytest.raises(ValueError, match=r"image: expected a ComfyUI IMAGE tensor \[N, H, W, C\]"):
         image_from_comfy(torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="image: IMAGE dtype torch.uint8 is not a float image"):
+        image_from_comfy(torch.zeros(1, 4, 4, 3, dtype=torch.uint8))
     with pytest.raises(TypeError, match="image: expected a ComfyUI IMAGE tensor"):
         image_from_comfy([[0.0]])
 

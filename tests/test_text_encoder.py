@@ -28,8 +28,8 @@ EOS = 1
 @pytest.fixture(scope="module")
 def spiece() -> bytes:
     buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 10), model_writer=buf, vocab_size=64, hard_vocab_limit=False,
-                                   model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(CORPUS * 10), model_writer=buf, vocab_size=64,
+                                   hard_vocab_limit=False, model_type="unigram", pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
                                    character_coverage=1.0, minloglevel=2)
     return buf.getvalue()
 
@@ -261,6 +261,10 @@ def test_bad_files(tmp_path, ref, spiece):
     partial = {k: v for k, v in sd.items() if k != "encoder.block.2.layer.1.DenseReluDense.wi_1.weight"}
     with pytest.raises(ModelFileError, match=r"encoder\.block\.2\.layer\.1\.DenseReluDense\.wi_1\.weight"):
         load_text_encoder(write_comfy(tmp_path / "partial.safetensors", ref, spiece, partial))
+    small = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=8, d_model=16, d_kv=4, num_heads=4, d_ff=16, num_layers=1, is_encoder_decoder=False))
+    with pytest.raises(ModelFileError, match="do not belong together"):
+        load_text_encoder(write_comfy(tmp_path / "small_vocab.safetensors", small, spiece))
     good = write_comfy(tmp_path / "good.safetensors", ref, spiece)
     data = open(good, "rb").read()
     (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])

@@ -29,6 +29,7 @@ ANCHOR = "embeddings.patch_embedding.weight"
 # open-clip ViT-H / ViT-bigG (and Wan's XLM-RoBERTa ViT-H) use exact GELU.
 KNOWN_WIDTHS = {768: (12, "quick_gelu"), 1024: (16, "quick_gelu"), 1280: (16, "gelu"), 1664: (16, "gelu")}
 WAN_CLIP_WIDTH = 1280
+DEMO_KEY = "wanfp4_demo"    # metadata of the pack's random-weight demo files
 SMALL_HEAD_DIM = 16     # head width assumed for tiny test/demo towers (< 512 wide) without metadata
 _FLOAT = ("F32", "F16", "BF16", "F64", "float32", "float16", "bfloat16", "float64")
 
@@ -163,11 +164,14 @@ def load_clip_vision(path: str, device=None, dtype: torch.dtype | None = None,
     if still_meta:
         raise ModelFileError(f"{path}: '{prefix}{still_meta[0]}' was not filled; unsupported transformers version?")
     last = f"{prefix}encoder.layers.{det['num_layers'] - 1}."
-    expected_unused = (last, prefix + "post_layernorm.", det["outer_prefix"] + "visual_projection.", prefix + "embeddings.position_ids")
+    expected_unused = (last, prefix + "post_layernorm.", prefix + "embeddings.position_ids",
+                       det["outer_prefix"] + "visual_projection.")
     extra = [k for k in view.shapes if k not in used and not k.startswith(expected_unused)]
     if extra:
         warn(f"{os.path.basename(path)}: {len(extra)} tensors not used by CLIP vision (first: {extra[0]})")
-    if det["hidden_size"] != WAN_CLIP_WIDTH:
+    if DEMO_KEY in view.metadata:
+        warn(f"{os.path.basename(path)}: {view.metadata[DEMO_KEY]}")
+    elif det["hidden_size"] != WAN_CLIP_WIDTH:
         warn(f"{os.path.basename(path)}: CLIP width {det['hidden_size']}; Wan's image embedding expects "
              f"{WAN_CLIP_WIDTH} (clip_vision_h)")
     model.to(device)

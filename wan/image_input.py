@@ -33,8 +33,9 @@ def image_from_comfy(image, name: str = "image") -> torch.Tensor:
     if channels not in (1, 2, 3, 4):
         raise ValueError(f"{name}: IMAGE has {channels} channels in its last dimension (shape "
                          f"{tuple(image.shape)}); expected [N, H, W, C] with C = 1, 3 or 4")
-    if image.is_complex() or image.dtype == torch.bool:
-        raise ValueError(f"{name}: IMAGE dtype {image.dtype} is not a real-valued image")
+    if not image.is_floating_point():
+        raise ValueError(f"{name}: IMAGE dtype {image.dtype} is not a float image; ComfyUI images are floats in "
+                         "0..1 (divide 8-bit pixels by 255)")
     x = image.float()
     x = x[..., :1] if channels in (1, 2) else x[..., :3]
     x = x.permute(0, 3, 1, 2)

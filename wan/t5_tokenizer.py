@@ -52,7 +52,8 @@ class T5Tokenizer:
             raise ModelFileError(f"{source}: not a valid sentencepiece model ({e}); re-download the file") from None
         eos = sp.eos_id()
         if eos < 0:
-            raise ModelFileError(f"{source}: the sentencepiece model has no end-of-sequence token; it is not a T5 tokenizer")
+            raise ModelFileError(f"{source}: the sentencepiece model has no end-of-sequence token; "
+                                 "it is not a T5 tokenizer")
         pad = sp.pad_id() if sp.pad_id() >= 0 else 0
         return cls(lambda text: list(sp.encode(text)), eos, pad, sp.get_piece_size(), source)
 

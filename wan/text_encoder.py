@@ -30,6 +30,7 @@ TEXT_LEN = 512
 MAX_DISTANCE = 128          # umT5 relative-position range (not stored in the weights)
 COMFY_ANCHOR = "encoder.block.0.layer.0.SelfAttention.q.weight"
 WAN_ANCHOR = "blocks.0.attn.q.weight"
+DEMO_KEY = "wanfp4_demo"    # metadata of the pack's random-weight demo files
 IGNORED_KEYS = (SPIECE_TENSOR, "scaled_fp8", "encoder.embed_tokens.weight")
 
 # precision -> (compute dtype, QuantLinear mode for the block Linears or None for dense)
@@ -151,8 +152,9 @@ def _set_param(model: nn.Module, name: str, t: torch.Tensor) -> None:
 
 
 def _load_weights(model: nn.Module, view, names: dict[str, str], dtype: torch.dtype, quant_mode: str | None,
-                  ignore: set[str]) -> None:
-    """Fill the meta-device model tensor by tensor; fp8/quantized Linears are parsed by the quant package."""
+                  ignore: set[str], work_device: torch.device) -> None:
+    """Fill the meta-device model tensor by tensor (all kept on the CPU); fp8/quantized Linears are
+    parsed by the quant package, and quantized on `work_device` (a GPU does it ~50x faster)."""
     from ..quant import QuantFormatError, QuantLinear
     from ..quant.incoming import dequantize_incoming, parse_linear_state
 
@@ -164,7 +166,7 @@ def _load_weights(model: nn.Module, view, names: dict[str, str], dtype: torch.dt
     linears = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     for name, lin in linears:
         files = by_module.get(name, {})
-        local = {leaf: view.get(k) for leaf, k in files.items()}
+        local = {leaf: view.get(k).to(work_device if quant_mode else "cpu") for leaf, k in files.items()}
         used.update(files.values())
         n, k = lin.out_features, lin.in_features
         try:
@@ -173,6 +175,7 @@ def _load_weights(model: nn.Module, view, names: dict[str, str], dtype: torch.dt
                 result = new.load_state_dict(local, strict=False)
                 if result.missing_keys:
                     raise ModelFileError(f"{view.path}: key '{files.get('weight', name + '.weight')}' is missing")
+                new.to("cpu")
                 parent, _, leaf = name.rpartition(".")
                 setattr(model.get_submodule(parent), leaf, _KeepActivationDtype(new) if leaf == "wo" else new)
                 continue
@@ -286,17 +289,21 @@ def load_text_encoder(path: str, precision: str = "bf16", device=None, tokenizer
         if det is None:
             first = next(iter(view.shapes), "<no tensors>")
             raise ModelFileError(f"{path}: not a umT5 text encoder (no '{COMFY_ANCHOR}' or Wan '{WAN_ANCHOR}'; first "
-                                 f"key '{first}'). Pick umt5_xxl_fp16.safetensors / umt5_xxl_fp8_e4m3fn_scaled.safetensors")
+                                 f"key '{first}'). Pick umt5_xxl_fp16.safetensors / "
+                                 "umt5_xxl_fp8_e4m3fn_scaled.safetensors")
         names, _, prefix = _hf_names(view.shapes)
         spiece = next((k for k in (prefix + SPIECE_TENSOR, SPIECE_TENSOR) if k in view), None)
         tokenizer = find_tokenizer(path, view.get(spiece) if spiece else None, tokenizer_path)
+        if tokenizer.vocab_size > det["vocab_size"]:
+            raise ModelFileError(f"{path}: tokenizer ({tokenizer.source}) has {tokenizer.vocab_size} tokens, the "
+                                 f"model only {det['vocab_size']}; they do not belong together")
         with torch.device("meta"):
             model = UMT5EncoderModel(umt5_config(det))
         ignore = {p + k for p in {prefix, ""} for k in IGNORED_KEYS}
-        _load_weights(model, view, names, dtype, quant_mode, ignore)
-    if tokenizer.vocab_size > det["vocab_size"]:
-        raise ModelFileError(f"{path}: tokenizer ({tokenizer.source}) has {tokenizer.vocab_size} tokens, the model only "
-                             f"{det['vocab_size']}; they do not belong together")
+        work = device if device.type == "cuda" else torch.device("cpu")
+        _load_weights(model, view, names, dtype, quant_mode, ignore, work)
+        if DEMO_KEY in view.metadata:
+            warn(f"{os.path.basename(path)}: {view.metadata[DEMO_KEY]}")
     if dtype == torch.float16:
         info("umT5 in fp16 can overflow on some prompts; bf16 is the safe choice")
     storage = "fp8 block weights" if quant_mode else str(dtype).removeprefix("torch.")
