@@ -4,12 +4,14 @@ importing the pack stays fast and a missing optional package only affects its ow
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
 import torch
 
 from ..log import info, warn
+from .hw_tuning import log_measured_peak, oom_guard
 from .model_cache import MODEL_CACHE, make_key
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -51,6 +53,7 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
     from .. import attention as attn
     from .. import quant
     from . import loader
+    from .block_swap import apply_block_swap
 
     device = _device(device)
     dtype = dtype_of(precision)
@@ -63,12 +66,21 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
         def transform(m):
             return quant.quantize_model(m, quant_mode, keep=keep, compute_dtype=dtype, device=device)
 
-        model = loader.load_transformer(path, audio_path=patch_path, dtype=dtype, device="cpu",
-                                        module_transform=transform, loras=lora_list)
-        return model.to(device).eval()
+        if not lora_list:  # quantize on the meta model: the base-precision weights never exist in full
+            model = loader.load_transformer(path, audio_path=patch_path, dtype=dtype, device="cpu",
+                                            module_transform=transform)
+        else:  # LoRAs merge into base-precision weights first, then quantize once (one rounding)
+            model = loader.load_transformer(path, audio_path=patch_path, dtype=dtype, device="cpu", loras=lora_list)
+            transform(model)
+        return model.eval()  # stays on the CPU here: block swap decides what goes to the GPU
 
     loads = MODEL_CACHE.loads
     model = MODEL_CACHE.get_or_load(key, "model", _load)
+    t = tuning or {}
+    apply_block_swap(model, int(t.get("blocks_to_swap", 0)), device,
+                     offload_embeddings=bool(t.get("offload_embeddings", False)))
+    if device.type == "cuda":
+        quant.set_compute_path(model, quant.detect_environment(device))
     mode = getattr(model, "wanfp4_quant", {}).get("mode", "disabled")
     if MODEL_CACHE.loads == loads and mode != "disabled":  # cached: repeat the mode line the load printed
         env = quant.detect_environment(device)
@@ -159,6 +171,24 @@ def trim_audio(audio: dict, seconds: float) -> dict:
     return {"waveform": wav[..., :keep].clone(), "sample_rate": audio["sample_rate"]}
 
 
+def _plan_and_apply(model: DiffusionModel, settings):
+    """Auto hardware tuning on CUDA: log the plan; with `auto` on, apply its block swap / CFG batching."""
+    from .block_swap import apply_block_swap
+    from .hw_tuning import log_plan, plan_run
+
+    tuning = model.tuning or {}
+    plan = plan_run(model.model, model.quant_mode, model.attention_modes["self"], settings, tuning, model.device)
+    log_plan(plan)
+    if tuning.get("auto"):
+        settings.batch_cfg = plan.batch_cfg
+        apply_block_swap(model.model, plan.blocks_to_swap, model.device,
+                         offload_embeddings=bool(tuning.get("offload_embeddings", False)))
+        if plan.attention_mode != model.attention_modes["self"]:
+            model.model.set_attention_modes(self_attn=plan.attention_mode)
+    torch.cuda.reset_peak_memory_stats(model.device)
+    return plan
+
+
 def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds: dict, audio_embeds: dict, *,
                      width: int, height: int, frames: int, fps: float, steps: int, cfg: float, audio_cfg: float,
                      shift: float, scheduler: str, denoise: float, seed: int, motion_frames: int,
@@ -184,11 +214,15 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
         scheduler=scheduler, denoise=denoise, seed=seed, motion_frames=motion_frames,
         color_correction=color_correction,
     )
-    result = generate(
-        model.model, vae, text_embeds["positive"], text_embeds["negative"], image_embeds["clip"],
-        image_embeds["image"], audio_embeds["features"], settings, device=model.device,
-        on_step=on_step, check_interrupt=check_interrupt,
-    )
+    plan = _plan_and_apply(model, settings) if model.device.type == "cuda" else None
+    with (oom_guard(plan, settings) if plan is not None else contextlib.nullcontext()):
+        result = generate(
+            model.model, vae, text_embeds["positive"], text_embeds["negative"], image_embeds["clip"],
+            image_embeds["image"], audio_embeds["features"], settings, device=model.device,
+            on_step=on_step, check_interrupt=check_interrupt,
+        )
+    if plan is not None:
+        log_measured_peak(plan, model.device)
     audio = trim_audio(audio_embeds["audio"], result.num_frames / fps)
     info(f"Generated {result.num_frames} frames ({result.num_frames / fps:.2f} s) in {result.windows} window(s), "
          f"{result.model_calls} model calls")
