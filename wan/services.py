@@ -140,7 +140,9 @@ def encode_image(clip_vision, image: torch.Tensor) -> dict:
         image = image[:1]
     with torch.no_grad():
         clip = clip_vision.encode_image(image)
-    return {"clip": clip[:1].cpu(), "image": image[0].cpu()}
+    # The encoder travels along: the sampler re-encodes the start image after its resize/crop to the
+    # video size, which is what InfiniteTalk conditions on.
+    return {"clip": clip[:1].cpu(), "image": image[0].cpu(), "encoder": clip_vision}
 
 
 def encode_audio(audio_encoder, audio: dict, fps: float, normalize_loudness: bool = True) -> dict:
@@ -214,10 +216,18 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
         scheduler=scheduler, denoise=denoise, seed=seed, motion_frames=motion_frames,
         color_correction=color_correction,
     )
+    clip = image_embeds["clip"]
+    if image_embeds.get("encoder") is not None:
+        from .pipeline import prepare_reference
+
+        with torch.no_grad():
+            ref = prepare_reference(image_embeds["image"], width, height)
+            clip = image_embeds["encoder"].encode_image(ref[None]).cpu()
+            image_embeds["encoder"].offload()
     plan = _plan_and_apply(model, settings) if model.device.type == "cuda" else None
     with (oom_guard(plan, settings) if plan is not None else contextlib.nullcontext()):
         result = generate(
-            model.model, vae, text_embeds["positive"], text_embeds["negative"], image_embeds["clip"],
+            model.model, vae, text_embeds["positive"], text_embeds["negative"], clip,
             image_embeds["image"], audio_embeds["features"], settings, device=model.device,
             on_step=on_step, check_interrupt=check_interrupt,
         )
