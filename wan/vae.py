@@ -354,7 +354,7 @@ def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, factor: int, down: bool
         return fn(x)
     unit = 8 if down else 1  # encode tiles must stay multiples of 8 pixels
     tile = max(unit, tile // unit * unit)
-    overlap = min(overlap // unit * unit, tile // 2)
+    overlap = min(overlap // unit * unit, tile * 3 // 4 // unit * unit)
     stride = tile - overlap
 
     def starts(n: int) -> list[int]:
