@@ -159,3 +159,31 @@ def sageattn3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """sageattn_3 on [B, L, H, D]: INT8 Q.K with K smoothing, fp16/bf16 P.V; output dtype of q."""
     _check(q, k, v, "sageattn3")
     return _int8_attention(q, k, v, pv_fp8=False)
+
+
+# ----------------------------------------------------------------------------- registry seam
+def registry_supports(min_sm: int):
+    """A supports(env, head_dim, dtype) for attention/registry.py: judged from the Env (simulated ones too)."""
+    def supports(env, head_dim, dtype):
+        if triton is None:
+            return "Triton is not installed"
+        if not env.is_cuda:
+            return "needs a CUDA GPU"
+        if env.sm < min_sm:
+            return f"the Triton kernel needs sm_{min_sm}+ ({env.gpu_text()})"
+        if head_dim is not None and (head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1)):
+            return f"the Triton kernel needs a power-of-two head dim in 16..256, got {head_dim}"
+        if dtype is not None and dtype not in _HALF + (torch.float32,):
+            return f"the Triton kernel takes fp16/bf16/fp32, got {dtype}"
+        return None
+    return supports
+
+
+def register_attention(priority: int = 5) -> None:
+    """Register the Triton kernels as implementations of their modes (below the sageattn3 package for
+    sageattn_3_fp4, which is proven on Blackwell; ours has run there on no GPU yet)."""
+    from .registry import Implementation, register
+    from .triton_sageattn_fp4 import sageattn3_fp4
+    register(Implementation("sageattn_3", "triton", sageattn3, registry_supports(80), priority=priority))
+    register(Implementation("sageattn_3_fp8", "triton", sageattn3_fp8, registry_supports(89), priority=priority))
+    register(Implementation("sageattn_3_fp4", "triton", sageattn3_fp4, registry_supports(100), priority=priority))

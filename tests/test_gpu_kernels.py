@@ -164,3 +164,15 @@ def test_backend_registration_runs_quantlinear():
         assert name.startswith("triton"), (mode, name)
         ref = backends._KERNELS[ql.compute_path][-1].fn(ql, x.view(-1, 640))     # the torch reference
         assert R.relative_error(ql(x).view(-1, 272), ref) < 5e-3
+
+
+def test_attention_registration_is_picked_by_the_registry():
+    from wanfp4.attention import registry
+    from wanfp4.attention.capabilities import current_env
+    T.register_attention()
+    env = current_env("cuda")
+    impls = {i.name: i for i in registry.implementations("sageattn_3")}
+    assert impls["triton"].supports(env, 128, torch.bfloat16) is None
+    assert "head dim" in impls["triton"].supports(env, 48, torch.bfloat16)
+    q, k, v = _inputs("iid", 200, 200, 2, 128, torch.bfloat16)
+    assert torch.equal(impls["triton"].fn(q, k, v), T.sageattn3(q, k, v))
