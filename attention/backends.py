@@ -123,6 +123,11 @@ def register_builtin() -> None:
     register(Implementation("sageattn_3_fp4", "sageattn3", sageattn3, _sageattn3_supports, priority=10))
     for mode in REFERENCES:
         register(Implementation(mode, "reference", partial(_reference_fn, mode), fast=False, priority=-100))
+    try:  # our Triton kernels (GPU); absent Triton leaves the references and packages above
+        from .triton_sageattn import register_attention
+        register_attention()
+    except ImportError:
+        pass
 
 
 register_builtin()

@@ -165,8 +165,8 @@ def sageattn3(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 def registry_supports(min_sm: int):
     """A supports(env, head_dim, dtype) for attention/registry.py: judged from the Env (simulated ones too)."""
     def supports(env, head_dim, dtype):
-        if triton is None:
-            return "Triton is not installed"
+        if triton is None or "triton" not in env.packages:
+            return "needs the triton package (pip install triton; CUDA builds of torch include it)"
         if not env.is_cuda:
             return "needs a CUDA GPU"
         if env.sm < min_sm:

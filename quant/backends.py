@@ -133,3 +133,10 @@ def cuda_scaled_mm(module, x):
 
 register_kernel("w8a8", cuda_scaled_mm, "torch-scaled-mm", device_types=("cuda",), priority=0, supports=_scaled_mm_ok)
 register_kernel("w4a8", cuda_scaled_mm, "torch-scaled-mm", device_types=("cuda",), priority=0, supports=_scaled_mm_ok)
+
+
+try:  # Triton GEMM kernels (GPU) take precedence where they support the shape
+    from .triton_linear import register_backends as _register_triton
+    _register_triton()
+except ImportError:
+    pass

@@ -113,15 +113,25 @@ def test_fallback_log_line_exact_and_once(lines, fast_fp8_kernel):
             "sageattn_3_fp8", "not supported on this GPU (NVIDIA H200, sm_90)")
     assert lines == ["[INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA H200, sm_90): using sageattn_3_fp8",
                      "[INFO] Using sageattn_3_fp8 attention"]
-    # with a fast kernel registered, auto prefers it, and sageattn falls back to it too
-    assert resolve_mode("auto", env, 128, BF16, log=False) == ("sageattn_3_fp8", None)
+    # auto never picks the fp8 P.V mode (0.037 error floor); with nothing better installed it keeps sdpa
+    assert resolve_mode("auto", env, 128, BF16, log=False) == ("sdpa", None)
 
 
 def test_reference_only_mode_runs_by_name_with_one_warning(lines):
     for _ in range(2):
         resolve_mode("sageattn_3_fp8", sim(89), 128, BF16)
     assert lines == ["[WARN] sageattn_3_fp8: running the PyTorch reference (exact numerics, much slower than "
-                     "sdpa): no fast kernel is installed yet", "[INFO] Using sageattn_3_fp8 attention"]
+                     "sdpa): needs the triton package (pip install triton; CUDA builds of torch include it)",
+                     "[INFO] Using sageattn_3_fp8 attention"]
+
+
+def test_triton_kernels_take_their_modes_where_the_gpu_supports_them(lines):
+    pytest.importorskip("triton")
+    assert resolve_mode("sageattn_3_fp8", sim(90, "triton"), 128, BF16) == ("sageattn_3_fp8", None)
+    assert resolve_mode("sageattn_3_fp4", sim(90, "triton"), 128, BF16) == (
+        "sageattn_3_fp8", "not supported on this GPU (NVIDIA H200, sm_90)")
+    assert "[INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA H200, sm_90): using sageattn_3_fp8" in lines
+    assert resolve_mode("sageattn_3_fp8", sim(86, "triton"), 128, BF16)[0] == "sageattn_3"
 
 
 def test_missing_package_says_what_to_install(lines):

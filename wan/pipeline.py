@@ -8,6 +8,7 @@ headless runner and the benchmarks all call :func:`generate`.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -146,6 +147,8 @@ def generate(
     feats = mirror_pad_features(audio_features.float(), starts[-1] + window)
 
     gen = torch.Generator("cpu").manual_seed(int(s.seed))
+    timings = {"vae_encode": 0.0, "steps": [], "vae_decode": 0.0}
+    t0 = time.perf_counter()
     with torch.no_grad():
         ref_video = _to_video(ref[None]).to(device, vae_dtype)
         cond = torch.zeros(1, 3, window, s.height, s.width, device=device, dtype=vae_dtype)
@@ -156,6 +159,7 @@ def generate(
         y = torch.cat([mask, y_lat], 1)
         motion = vae.encode(ref_video).float()  # first window: the reference frame only
         ref_lat = motion
+    timings["vae_encode"] += time.perf_counter() - t0
 
     sched_probe = make_scheduler(s.scheduler, s.steps, s.shift, s.denoise)
     total_steps = len(starts) * len(sched_probe.timesteps)
@@ -182,6 +186,7 @@ def generate(
         else:
             latent = noise
         for i, t in enumerate(sched.timesteps):
+            ts = time.perf_counter()
             if check_interrupt is not None:
                 check_interrupt()
             latent[:, :, :n_m] = motion
@@ -193,20 +198,31 @@ def generate(
             v = combine_guidance(vs, s.cfg, s.audio_cfg)
             latent = sched.step(v.float(), i, latent)
             latent[:, :, :n_m] = motion
+            _sync(device)
+            timings["steps"].append(time.perf_counter() - ts)
             done += 1
             if on_step is not None:
                 on_step(done, total_steps)
+        td = time.perf_counter()
         with torch.no_grad():
             video = _from_video(vae.decode(latent.to(vae_dtype)))
+        timings["vae_decode"] += time.perf_counter() - td
         if s.color_correction > 0:
             video = match_colors(video, ref.cpu() if video.device.type == "cpu" else ref, s.color_correction)
         out_frames.append(video if wi == 0 else video[s.motion_frames :])
         if wi + 1 < len(starts):
             tail = video[-s.motion_frames :]
+            te = time.perf_counter()
             with torch.no_grad():
                 motion = vae.encode(_to_video(tail).to(device, vae_dtype)).float()
+            timings["vae_encode"] += time.perf_counter() - te
     frames = torch.cat(out_frames, 0)[:target].cpu()
-    return GenerationResult(frames, frames.shape[0], len(starts), calls)
+    return GenerationResult(frames, frames.shape[0], len(starts), calls, timings)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def combine_guidance(vs: list[torch.Tensor], cfg: float, audio_cfg: float) -> torch.Tensor:

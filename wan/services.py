@@ -24,6 +24,14 @@ def dtype_of(precision: str) -> torch.dtype:
         raise ValueError(f"precision: {precision!r} is not one of {', '.join(_DTYPES)}") from None
 
 
+def _cpu_dtype(dtype: torch.dtype, device: torch.device, what: str) -> torch.dtype:
+    """CPUs run bf16/fp16 convolutions and matmuls far slower than fp32: compute in fp32 there."""
+    if device.type == "cpu" and dtype != torch.float32:
+        info(f"{what}: running on the CPU, computing in fp32 instead of {str(dtype).replace('torch.', '')} (faster there)")
+        return torch.float32
+    return dtype
+
+
 def _device(device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -56,7 +64,7 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
     from .block_swap import apply_block_swap
 
     device = _device(device)
-    dtype = dtype_of(precision)
+    dtype = _cpu_dtype(dtype_of(precision), device, "model")
     lora_list = [(l["path"], float(l["strength"])) for l in loras]
     keep = tuple(quant.KEEP_IN_BASE_PRECISION) + (("audio_cross_attn",) if keep_audio else ())
     key = make_key("diffusion_model", [path, patch_path, *[p for p, _ in lora_list]], precision=precision,
@@ -96,7 +104,7 @@ def load_vae(path: str, precision: str = "bf16", device=None):
     from . import loader
 
     device = _device(device)
-    dtype = dtype_of(precision)
+    dtype = _cpu_dtype(dtype_of(precision), device, "VAE")
     key = make_key("vae", [path], precision=precision, device=str(device))
     return MODEL_CACHE.get_or_load(key, "VAE", lambda: loader.load_vae(path, dtype=dtype, device=device).eval())
 
@@ -234,6 +242,8 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
     if plan is not None:
         log_measured_peak(plan, model.device)
     audio = trim_audio(audio_embeds["audio"], result.num_frames / fps)
+    tm = result.timings
     info(f"Generated {result.num_frames} frames ({result.num_frames / fps:.2f} s) in {result.windows} window(s), "
-         f"{result.model_calls} model calls")
+         f"{result.model_calls} model calls: VAE encode {tm['vae_encode']:.1f} s, sampling {sum(tm['steps']):.1f} s "
+         f"({len(tm['steps'])} steps), VAE decode {tm['vae_decode']:.1f} s")
     return result.frames, audio
