@@ -132,17 +132,69 @@ def test_decode_frame_by_frame_equals_all_at_once(pair):
 
 def test_tiled_matches_untiled(pair):
     ours = pair[0]
-    x = torch.rand(1, 3, 5, 192, 192) * 2 - 1
+    x = torch.rand(1, 3, 5, 128, 160) * 2 - 1
     z = ours.encode(x)
     v = ours.decode(z)
-    ours.set_tiling(True, tile_px=128, overlap_px=96)  # 3x3 tiles
+    # decode: latent 16x20 in 12-latent tiles, 6 overlap -> 2 x 3 tiles; encode: 96-px tiles, 48 overlap
+    vt = ours.decode(z, tiled=True, tile_latent=12, overlap_latent=6)
+    zt = ours.encode(x, tiled=True, tile_px=96, overlap_px=48)
+    assert vt.shape == v.shape and zt.shape == z.shape
+    assert 0 < (vt - v).abs().max() < 1e-2                        # video output, in [-1, 1] (measured 6e-3)
+    assert 0 < (zt - z).abs().max() / z.abs().max() < 3e-2         # latents, relative (measured 1.5e-2)
+    # set_tiling() is what calls without `tiled` (the pipeline) follow
+    ours.set_tiling(True, tile_px=96, overlap_px=48)
     try:
-        zt = ours.encode(x)
-        vt = ours.decode(z)
+        assert torch.equal(ours.decode(z), vt) and torch.equal(ours.encode(x), zt)
+        assert torch.equal(ours.decode(z, tiled=False), v)
     finally:
         ours.set_tiling(False)
-    assert (vt - v).abs().max() < 1e-2                      # video output, in [-1, 1]
-    assert (zt - z).abs().max() / z.abs().max() < 1e-2      # latents, relative to their range
+    assert torch.equal(ours.decode(z), v)
+
+
+@pytest.mark.parametrize("size, tile, overlap", [(40, 16, 8), (37, 12, 5), (64, 16, 12), (10, 16, 4)])
+def test_tiles_reassemble_the_input(size, tile, overlap):
+    from wanfp4.wan.vae_tiling import run_tiled, tile_starts
+
+    starts = tile_starts(size, min(tile, size), overlap)
+    assert starts[0] == 0 and starts[-1] + min(tile, size) == size and starts == sorted(set(starts))
+    x = torch.randn(1, 2, 3, size, size + 5)
+    calls = []
+
+    def ident(t):
+        calls.append(t.shape[-2:])
+        return t * 1.0
+
+    assert torch.allclose(run_tiled(ident, x, tile, overlap, 1.0), x, atol=1e-6)
+    assert len(calls) == len(starts) * len(tile_starts(size + 5, min(tile, size + 5), overlap))
+    up = lambda t: F.interpolate(t.flatten(0, 1), scale_factor=8, mode="nearest").unflatten(0, t.shape[:2])
+    assert torch.allclose(run_tiled(up, x, tile, overlap, 8.0), up(x), atol=1e-6)
+
+
+def test_overlaps_cross_fade_linearly():
+    from wanfp4.wan.vae_tiling import run_tiled
+
+    calls = []
+
+    def tile_id(t):  # tile k returns the constant k
+        calls.append(len(calls))
+        return torch.full_like(t, float(len(calls) - 1))
+
+    out = run_tiled(tile_id, torch.zeros(1, 1, 1, 4, 24), 16, 8, 1.0)  # tiles at x = 0 and 8
+    assert len(calls) == 2
+    row = out[0, 0, 0, 0]
+    assert torch.equal(row[:8], torch.zeros(8)) and torch.equal(row[16:], torch.ones(8))
+    assert torch.allclose(row[8:16], (torch.arange(8) + 0.5) / 8)
+
+
+def test_tiled_encode_offsets_stay_on_the_latent_grid():
+    from wanfp4.wan.vae_tiling import run_tiled
+
+    x = torch.randn(1, 1, 1, 72, 104)
+    pool = lambda t: F.avg_pool2d(t.flatten(0, 1), 8).unflatten(0, t.shape[:2])
+    seen = []
+    out = run_tiled(lambda t: (seen.append(t.shape[-2:]), pool(t))[1], x, 36, 20, 1 / 8, align=8)
+    assert all(h % 8 == 0 and w % 8 == 0 for h, w in seen) and len(seen) > 4
+    assert torch.allclose(out, pool(x), atol=1e-6)
 
 
 def test_real_config_on_meta_is_fast_and_exact():
@@ -157,13 +209,34 @@ def test_real_config_on_meta_is_fast_and_exact():
     assert tuple(sd["decoder.upsamples.3.time_conv.weight"].shape) == (768, 384, 3, 1, 1)
     assert tuple(sd["encoder.middle.1.to_qkv.weight"].shape) == (1152, 384, 1, 1)
     assert tuple(sd["conv1.weight"].shape) == (32, 32, 1, 1, 1) and tuple(sd["conv2.weight"].shape) == (16, 16, 1, 1, 1)
+    assert not list(vae.buffers())  # latent mean/std are constants: nothing left on meta after loading
 
 
-@pytest.mark.parametrize("shape, msg", [((1, 3, 8, 16, 16), "4k\\+1"), ((1, 3, 9, 12, 16), "multiples of 8"),
-                                        ((1, 4, 9, 16, 16), "\\[B, 3, F, H, W\\]")])
+def test_meta_built_and_assigned_model_moves_and_runs(pair):
+    """What the loader does: build on meta, assign tensors; the model must then cast/move like any module."""
+    ours = pair[0]
+    with torch.device("meta"):
+        vae = WanVAE(VAEConfig(dim=8))
+    vae.load_state_dict(ours.state_dict(), assign=True)
+    vae = vae.to(torch.float64).to("cpu").eval()
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    z = vae.encode(x)
+    assert z.dtype == torch.float32 and (z - ours.encode(x)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("shape, msg", [((1, 3, 8, 16, 16), "8 frames.*4k\\+1.*pad to 9"),
+                                        ((1, 3, 9, 12, 16), "16x12 pixels.*multiples of 8.*16x8"),
+                                        ((1, 4, 9, 16, 16), "\\[B, 3, F, H, W\\].*\\(1, 4, 9, 16, 16\\)"),
+                                        ((3, 9, 16, 16), "\\[B, 3, F, H, W\\]")])
 def test_bad_video_shapes(pair, shape, msg):
     with pytest.raises(ValueError, match=msg):
         pair[0].encode(torch.zeros(shape))
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 2, 4, 4), (16, 2, 4, 4), (1, 16, 0, 4, 4)])
+def test_bad_latent_shapes(pair, shape):
+    with pytest.raises(ValueError, match=r"latent: expected \[B, 16, T, h, w\]"):
+        pair[0].decode(torch.zeros(shape))
 
 
 def test_bf16_close_to_fp32(pair):

@@ -11,6 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .vae_tiling import run_tiled
+
 CACHE_T = 2
 LATENT_MEAN = (-0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
                0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921)
@@ -29,20 +31,24 @@ class VAEConfig:
 
 
 class CausalConv3d(nn.Conv3d):
-    """Conv3d padded only on the past side in time; `cache` holds the previous chunk's last frames."""
+    """Conv3d that sees only the past in time: 2*pad_t frames on the left (zeros, or the previous
+    chunk's last frames passed as `cache`), none on the right. Spatial padding stays symmetric and is
+    done by the convolution itself (no padded copy of the activation)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         pt, ph, pw = self.padding
-        self._pad = (pw, pw, ph, ph, 2 * pt, 0)
-        self.padding = (0, 0, 0)
+        self.time_pad = 2 * pt
+        self.padding = (0, ph, pw)
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor | None = None) -> torch.Tensor:
-        pad = list(self._pad)
-        if cache is not None and self._pad[4] > 0:
-            x = torch.cat([cache.to(x.device, x.dtype), x], dim=2)
-            pad[4] -= cache.shape[2]
-        return super().forward(F.pad(x, pad))
+        if self.time_pad:
+            past = [] if cache is None else [cache.to(x.device, x.dtype)]
+            zeros = self.time_pad - (0 if cache is None else cache.shape[2])
+            if zeros > 0:
+                past.insert(0, x.new_zeros(*x.shape[:2], zeros, *x.shape[3:]))
+            x = torch.cat([*past, x], dim=2)
+        return super().forward(x)
 
 
 class RMS_norm(nn.Module):  # noqa: N801 - original class name kept for readability against the reference
@@ -242,142 +248,149 @@ def _count_convs(m: nn.Module) -> int:
     return sum(isinstance(x, CausalConv3d) for x in m.modules())
 
 
+# Tiling defaults (real use, 480-720p): 256-px tiles with 64-px overlaps, as diffusers and ComfyUI
+# do for this VAE. 480x832 then decodes as 2x4 tiles, 720x1280 as 3x6; encode tiles the same way.
+TILE_PX, OVERLAP_PX = 256, 64
+TILE_LATENT, OVERLAP_LATENT = TILE_PX // 8, OVERLAP_PX // 8
+
+
 class WanVAE(nn.Module):
     """encode(video in [-1, 1]) -> normalized latent mean; decode(normalized latent) -> video in [-1, 1].
 
     Keys: encoder.*, conv1 (quant conv), conv2 (post-quant conv), decoder.* (original Wan names).
+    The latent mean/std are constants (not in the state dict, not buffers), so a model built on the
+    meta device and filled by the loader can be moved and cast freely.
+    Compute runs in the parameters' dtype and device; results come back in fp32 (as the official wrapper).
     """
 
     def __init__(self, config: VAEConfig | None = None):
         super().__init__()
         c = self.config = config or VAEConfig()
+        if len(c.dim_mult) != len(c.temporal_downsample) + 1:
+            raise ValueError(f"VAEConfig: temporal_downsample needs {len(c.dim_mult) - 1} entries "
+                             f"(one per downsample), got {c.temporal_downsample}")
         self.encoder = Encoder3d(c, c.z_dim * 2)
         self.conv1 = CausalConv3d(c.z_dim * 2, c.z_dim * 2, 1)
         self.conv2 = CausalConv3d(c.z_dim, c.z_dim, 1)
         self.decoder = Decoder3d(c)
-        self.register_buffer("latent_mean", torch.tensor(LATENT_MEAN[: c.z_dim]), persistent=False)
-        self.register_buffer("latent_std", torch.tensor(LATENT_STD[: c.z_dim]), persistent=False)
         self.tiling: dict | None = None
+        self.time_factor = 2 ** sum(bool(t) for t in c.temporal_downsample)
+        self.space_factor = 2 ** (len(c.dim_mult) - 1)
 
     # ------------------------------------------------------------------ checks
-    @staticmethod
-    def _check_video(video: torch.Tensor) -> None:
+    def _check_video(self, video: torch.Tensor) -> None:
         if video.dim() != 5 or video.shape[1] != 3:
-            raise ValueError(f"video: expected [B, 3, F, H, W], got shape {tuple(video.shape)}")
+            raise ValueError(f"video: expected [B, 3, F, H, W] in [-1, 1], got shape {tuple(video.shape)}")
         f, h, w = video.shape[2:]
-        if (f - 1) % 4:
-            raise ValueError(f"video: {f} frames; the Wan VAE needs 4k+1 frames (1, 5, 9, ..., 81); use {4 * round((f - 1) / 4) + 1}")
-        if h % 8 or w % 8:
-            raise ValueError(f"video: {w}x{h} pixels; width and height must be multiples of 8 (e.g. {w // 8 * 8}x{h // 8 * 8})")
+        tf, sf = self.time_factor, self.space_factor
+        if f < 1 or (f - 1) % tf:
+            fix = tf * max(0, round((f - 1) / tf)) + 1
+            raise ValueError(f"video: {f} frames (shape {tuple(video.shape)}); the Wan VAE needs {tf}k+1 frames "
+                             f"(1, 5, 9, ..., 81): trim or pad to {fix}")
+        if h % sf or w % sf:
+            raise ValueError(f"video: {w}x{h} pixels (shape {tuple(video.shape)}); width and height must be "
+                             f"multiples of {sf}: resize or crop to {max(sf, w // sf * sf)}x{max(sf, h // sf * sf)}")
+
+    def _check_latent(self, z: torch.Tensor) -> None:
+        if z.dim() != 5 or z.shape[1] != self.config.z_dim or min(z.shape[2:], default=0) < 1:
+            raise ValueError(f"latent: expected [B, {self.config.z_dim}, T, h, w] (T, h, w >= 1), "
+                             f"got shape {tuple(z.shape)}")
 
     def _stats(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        shape = (1, -1, 1, 1, 1)
-        mean = self.latent_mean
-        std = self.latent_std
-        if mean.is_meta:  # built on meta and filled by the loader: constants come from the tables
-            mean = torch.tensor(LATENT_MEAN[: self.config.z_dim])
-            std = torch.tensor(LATENT_STD[: self.config.z_dim])
-        return mean.to(like.device, torch.float32).view(shape), std.to(like.device, torch.float32).view(shape)
+        """Per-channel latent mean/std (§2.3) as fp32 [1, C, 1, 1, 1] on `like`'s device."""
+        z = self.config.z_dim
+        if z > len(LATENT_MEAN):
+            raise ValueError(f"VAEConfig: z_dim {z} has no latent statistics (only the 16-channel Wan VAE does)")
+        shape = (1, z, 1, 1, 1)
+        mean = torch.tensor(LATENT_MEAN[:z], device=like.device).view(shape)
+        std = torch.tensor(LATENT_STD[:z], device=like.device).view(shape)
+        return mean, std
 
     # ------------------------------------------------------------------ public API
-    def set_tiling(self, enabled: bool = True, tile_px: int = 256, overlap_px: int = 128) -> None:
-        """Spatial tiling for low VRAM: tiles of `tile_px` pixels (latent tiles of tile_px/8) with linear blending."""
-        self.tiling = {"tile": tile_px, "overlap": overlap_px} if enabled else None
+    def set_tiling(self, enabled: bool = True, tile_px: int = TILE_PX, overlap_px: int = OVERLAP_PX,
+                   tile_latent: int | None = None, overlap_latent: int | None = None) -> None:
+        """Default tiling for encode/decode calls that do not pass `tiled` (e.g. from the pipeline).
+
+        Encode uses `tile_px`/`overlap_px` pixels; decode uses `tile_latent`/`overlap_latent` latent
+        pixels (default: the pixel values / 8). `enabled=False` switches it off.
+        """
+        if not enabled:
+            self.tiling = None
+            return
+        self.tiling = {"tile_px": tile_px, "overlap_px": overlap_px,
+                       "tile_latent": tile_latent if tile_latent is not None else tile_px // self.space_factor,
+                       "overlap_latent": overlap_latent if overlap_latent is not None else overlap_px // self.space_factor}
+
+    def _tiling(self, tiled: bool | None) -> dict | None:
+        if tiled is None:
+            return self.tiling
+        if not tiled:
+            return None
+        return self.tiling or {"tile_px": TILE_PX, "overlap_px": OVERLAP_PX,
+                               "tile_latent": TILE_LATENT, "overlap_latent": OVERLAP_LATENT}
 
     @torch.no_grad()
-    def encode(self, video: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
-        """[B, 3, F, H, W] in [-1, 1] -> normalized latent mean [B, 16, (F-1)/4+1, H/8, W/8] (fp32)."""
+    def encode(self, video: torch.Tensor, tiled: bool | None = None, tile_px: int | None = None,
+               overlap_px: int | None = None) -> torch.Tensor:
+        """[B, 3, F, H, W] in [-1, 1] (F = 4k+1, H, W multiples of 8) -> normalized latent mean
+        [B, 16, (F-1)/4+1, H/8, W/8] in fp32. `tiled=None` follows set_tiling()."""
         self._check_video(video)
-        video = video.to(self._param_dtype())
-        if tiled if tiled is not None else self.tiling is not None:
-            t = self.tiling or {"tile": 256, "overlap": 128}
-            return _tiled(self._encode, video, t["tile"], t["overlap"], 8, down=True)
-        return self._encode(video)
+        p = self.conv1.weight
+        video = video.to(p.device, p.dtype)
+        t = self._tiling(tiled)
+        if t is None:
+            return self._encode(video)
+        sf = self.space_factor
+        return run_tiled(self._encode, video, tile_px or t["tile_px"],
+                         overlap_px if overlap_px is not None else t["overlap_px"], 1 / sf, align=sf)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, tiled: bool | None = None) -> torch.Tensor:
-        """Normalized latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] clamped to [-1, 1]."""
-        if z.dim() != 5 or z.shape[1] != self.config.z_dim:
-            raise ValueError(f"latent: expected [B, {self.config.z_dim}, T, h, w], got shape {tuple(z.shape)}")
-        if tiled if tiled is not None else self.tiling is not None:
-            t = self.tiling or {"tile": 256, "overlap": 128}
-            out = _tiled(self._decode, z, t["tile"] // 8, t["overlap"] // 8, 8, down=False)
-        else:
+    def decode(self, z: torch.Tensor, tiled: bool | None = None, tile_latent: int | None = None,
+               overlap_latent: int | None = None) -> torch.Tensor:
+        """Normalized latent [B, 16, T, h, w] -> video [B, 3, 4(T-1)+1, 8h, 8w] in fp32, clamped to [-1, 1].
+        `tiled=None` follows set_tiling()."""
+        self._check_latent(z)
+        t = self._tiling(tiled)
+        if t is None:
             out = self._decode(z)
+        else:
+            out = run_tiled(self._decode, z, tile_latent or t["tile_latent"],
+                            overlap_latent if overlap_latent is not None else t["overlap_latent"], self.space_factor)
         return out.clamp_(-1, 1)
 
     # ------------------------------------------------------------------ chunked passes
-    def _param_dtype(self) -> torch.dtype:
-        return self.conv1.weight.dtype
-
     def _encode(self, video: torch.Tensor) -> torch.Tensor:
+        """Chunks of 1, 4, 4, ... frames through the cached encoder; each yields one latent frame."""
+        b, _, f, h, w = video.shape
+        tf, sf, zc = self.time_factor, self.space_factor, self.config.z_dim
         cache = _Cache(_count_convs(self.encoder))
-        t = video.shape[2]
-        outs = []
-        for i in range(1 + (t - 1) // 4):
+        mean, std = self._stats(video)
+        out = torch.empty(b, zc, (f - 1) // tf + 1, h // sf, w // sf, device=video.device)
+        done = 0
+        for start in range(0, f, tf):
+            chunk = video[:, :, :1] if start == 0 else video[:, :, start - tf + 1: start + 1]
             cache.idx = 0
-            chunk = video[:, :, :1] if i == 0 else video[:, :, 1 + 4 * (i - 1): 1 + 4 * i]
-            outs.append(self.encoder(chunk, cache))
-        mu, _ = self.conv1(torch.cat(outs, 2)).chunk(2, dim=1)
-        mean, std = self._stats(mu)
-        return (mu.float() - mean) / std
+            feats = self.encoder(chunk, cache)
+            mu = self.conv1(feats)[:, :zc]  # 1x1x1 quant conv; logvar (the other half) is unused
+            out[:, :, done: done + mu.shape[2]] = (mu.float() - mean) / std
+            done += mu.shape[2]
+            del feats, mu
+        return out
 
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
-        mean, std = self._stats(z)
-        x = self.conv2((z.float() * std + mean).to(self._param_dtype()))
+        """One latent frame at a time through the cached decoder (the first gives 1 frame, later ones 4)."""
+        b, _, t, h, w = z.shape
+        p = self.conv2.weight
+        mean, std = self._stats(p)
+        x = self.conv2((z.to(p.device).float() * std + mean).to(p.dtype))
         cache = _Cache(_count_convs(self.decoder))
-        outs = []
-        for i in range(x.shape[2]):
+        out = torch.empty(b, 3, (t - 1) * self.time_factor + 1, h * self.space_factor, w * self.space_factor,
+                          device=p.device)
+        done = 0
+        for i in range(t):
             cache.idx = 0
-            outs.append(self.decoder(x[:, :, i: i + 1], cache).float())
-        return torch.cat(outs, 2)
-
-
-def _blend_weights(n: int, overlap: int, first: bool, last: bool, device) -> torch.Tensor:
-    w = torch.ones(n, device=device)
-    if overlap > 0:
-        ramp = (torch.arange(overlap, device=device, dtype=torch.float32) + 0.5) / overlap
-        if not first:
-            w[:overlap] = ramp
-        if not last:
-            w[-overlap:] = ramp.flip(0)
-    return w
-
-
-def _tiled(fn, x: torch.Tensor, tile: int, overlap: int, factor: int, down: bool) -> torch.Tensor:
-    """Run `fn` on overlapping spatial tiles of x and blend the results linearly.
-
-    Tiles are in x's own pixel units; the output grid is x's divided (down) or multiplied by `factor`.
-    """
-    h, w = x.shape[-2:]
-    if h <= tile and w <= tile:
-        return fn(x)
-    unit = 8 if down else 1  # encode tiles must stay multiples of 8 pixels
-    tile = max(unit, tile // unit * unit)
-    overlap = min(overlap // unit * unit, tile * 3 // 4 // unit * unit)
-    stride = tile - overlap
-
-    def starts(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        s = list(range(0, n - tile, stride)) + [n - tile]
-        return sorted(set(s))
-
-    out = weight = None
-    for y0 in starts(h):
-        for x0 in starts(w):
-            th, tw = min(tile, h), min(tile, w)
-            part = fn(x[..., y0:y0 + th, x0:x0 + tw]).float()
-            scale = (1 / factor) if down else factor
-            oy, ox, oh, ow = int(y0 * scale), int(x0 * scale), part.shape[-2], part.shape[-1]
-            if out is None:
-                oh_total, ow_total = int(h * scale), int(w * scale)
-                out = torch.zeros(*part.shape[:-2], oh_total, ow_total, device=part.device)
-                weight = torch.zeros(oh_total, ow_total, device=part.device)
-            ov = int(overlap * scale)
-            wy = _blend_weights(oh, ov, y0 == 0, y0 + th >= h, part.device)
-            wx = _blend_weights(ow, ov, x0 == 0, x0 + tw >= w, part.device)
-            wgt = wy[:, None] * wx[None, :]
-            out[..., oy:oy + oh, ox:ox + ow] += part * wgt
-            weight[oy:oy + oh, ox:ox + ow] += wgt
-    return out / weight
+            frames = self.decoder(x[:, :, i: i + 1], cache)
+            out[:, :, done: done + frames.shape[2]] = frames
+            done += frames.shape[2]
+            del frames
+        return out
