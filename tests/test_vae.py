@@ -248,3 +248,13 @@ def test_bf16_close_to_fp32(pair):
     half = half.to(torch.bfloat16).eval()
     zh = half.encode(x)
     assert (zh - z).abs().max() / z.abs().max() < 5e-2
+
+
+def test_auto_tiling_estimate_matches_the_h200_measurements():
+    from wanfp4.wan.vae_tiling import decode_peak_bytes, should_tile
+
+    gib = 2**30
+    assert abs(decode_peak_bytes(480, 832, 81) / gib - 4.27) < 0.2   # measured 4.27 GiB (bf16)
+    assert abs(decode_peak_bytes(720, 1280, 81) / gib - 9.85) < 0.4  # measured 9.85 GiB (bf16)
+    assert decode_peak_bytes(480, 832, 81, itemsize=4) > decode_peak_bytes(480, 832, 81)
+    assert should_tile(720, 1280, 81, free_bytes=8 * gib) and not should_tile(480, 832, 81, free_bytes=24 * gib)
