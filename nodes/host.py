@@ -140,11 +140,12 @@ def check_interrupt() -> None:
 class Progress:
     """ComfyUI ProgressBar when hosted; otherwise a plain text line on stderr (throttled)."""
 
-    def __init__(self, total: int, label: str = "Sampling"):
+    def __init__(self, total: int, label: str = "Sampling", started: float | None = None):
+        """`started`: time.time() when the work began, if that was before the bar was made."""
         self.total = max(1, int(total))
         self.value = 0
         self.label = label
-        self._t0 = time.time()
+        self._t0 = time.time() if started is None else started
         self._last = 0.0
         utils = _module("comfy.utils")
         self._bar = utils.ProgressBar(self.total) if utils is not None else None

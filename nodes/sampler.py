@@ -1,6 +1,8 @@
 """The InfiniteTalk sampler node: streaming windows, text + audio CFG, progress and interrupt."""
 from __future__ import annotations
 
+import time
+
 from ..wan import services
 from . import host
 from .types import AUDIO_EMBEDS, CATEGORY, IMAGE_EMBEDS, MODEL, SCHEDULERS, TEXT_EMBEDS, VAE
@@ -62,11 +64,16 @@ class WanFP4InfiniteTalkSampler:
 
     def sample(self, model, vae, text_embeds, image_embeds, audio_embeds, width, height, frames, fps, steps, cfg,
                audio_cfg, shift, scheduler, denoise, seed, motion_frames, color_correction_strength):
-        progress = {"bar": None}
+        progress = {"bar": None, "started": None}
 
-        def on_step(done, total):
+        def check_interrupt():
+            if progress["started"] is None:  # the first check opens the first step
+                progress["started"] = time.time()
+            host.check_interrupt()
+
+        def on_step(done, total):  # first called when step 1 is done: the bar's clock starts with step 1
             if progress["bar"] is None:
-                progress["bar"] = host.Progress(total, "InfiniteTalk sampling")
+                progress["bar"] = host.Progress(total, "InfiniteTalk sampling", started=progress["started"])
             progress["bar"].update(done - progress["bar"].value)
 
         images, audio = services.run_infinitetalk(
@@ -74,6 +81,6 @@ class WanFP4InfiniteTalkSampler:
             width=width, height=height, frames=frames, fps=fps, steps=steps, cfg=cfg, audio_cfg=audio_cfg,
             shift=shift, scheduler=scheduler, denoise=denoise, seed=seed, motion_frames=motion_frames,
             color_correction=color_correction_strength,
-            device=host.torch_device(), on_step=on_step, check_interrupt=host.check_interrupt,
+            device=host.torch_device(), on_step=on_step, check_interrupt=check_interrupt,
         )
         return (images, audio)

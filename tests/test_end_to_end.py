@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import wave
 
 import pytest
@@ -118,9 +119,13 @@ def test_interrupt_stops_sampling(models, tmp_path, monkeypatch):
     out_dir = tmp_path / "out"
     headless(models, out_dir)
     prompt, _ = load_workflow(small_workflow(tmp_path, frames=33))
-    seen = []
+    seen, clocks = [], []
 
     class InterruptAfterFirstStep(host.Progress):
+        def __init__(self, total, label="Sampling", started=None):
+            clocks.append((started, time.time()))
+            super().__init__(total, label, started)
+
         def update(self, n=1):
             super().update(n)
             seen.append((self.value, self.total))
@@ -130,6 +135,7 @@ def test_interrupt_stops_sampling(models, tmp_path, monkeypatch):
     with pytest.raises(host.InterruptedByUser):
         execute(prompt)
     assert seen == [(1, 2)]  # stopped before the second of 2 steps
+    assert clocks[0][0] is not None and clocks[0][0] < clocks[0][1]  # the bar's clock started with step 1
     host.check_interrupt()  # the request was consumed: the next run is not interrupted
     assert not os.path.exists(out_dir)
 
