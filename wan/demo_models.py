@@ -1,8 +1,9 @@
 """`python -m wanfp4 demo-models DIR`: a complete tiny model set with RANDOM weights, in the real
 file formats and ComfyUI's folder layout, under the file names the example workflow uses.
 
-It lets the example workflow run end to end on a CPU in seconds (headless or inside ComfyUI) and
-exercises every loader on real layouts. Random weights produce noise, not a talking person: the
+It lets the example workflow run end to end on a CPU (headless or inside ComfyUI; about 4 minutes at
+the workflow's 640x720 / 81 frames on 2 cores, seconds at the tests' tiny sizes) and exercises every
+loader on real layouts. Random weights produce noise, not a talking person: the
 files carry `wanfp4_demo` metadata and the loaders say so in the log.
 """
 from __future__ import annotations
