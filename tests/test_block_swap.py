@@ -3,6 +3,7 @@ against the unswapped model, swapped tensors never resident outside their comput
 quantized blocks moved in stored form (bytes checked against quant.linear_storage_bytes), pin cap
 fallback, embedding offload, uninstall and the CPU no-op path."""
 import copy
+import gc
 import logging
 from contextlib import contextmanager
 from dataclasses import replace
@@ -170,6 +171,18 @@ def test_pin_cap_falls_back_to_pageable_with_one_line(base, monkeypatch):
     assert bs._PINNED_TOTAL[0] == before + 2 * padded
     assert torch.equal(run(model), run(base))
     sw.uninstall()
+    assert bs._PINNED_TOTAL[0] == before
+
+
+def test_dropped_swapped_model_releases_its_pinned_bytes(base, monkeypatch):
+    # a model evicted from the cache while swapped (no uninstall) must not eat the pin cap of later loads
+    monkeypatch.setattr(bs, "_alloc_pinned", lambda n: torch.empty(n, dtype=torch.uint8))
+    model = copy.deepcopy(base)
+    before = bs._PINNED_TOTAL[0]
+    BlockSwapper(model, 3, "cpu", pin_memory=True).install()
+    assert bs._PINNED_TOTAL[0] > before
+    del model
+    gc.collect()
     assert bs._PINNED_TOTAL[0] == before
 
 

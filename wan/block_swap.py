@@ -21,6 +21,7 @@ no-op on CPU and re-plans an already swapped model.
 from __future__ import annotations
 
 import os
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,12 @@ ALIGN = 256                                     # byte alignment of every tensor
 EMBEDDING_MODULES = ("text_embedding", "img_emb", "audio_proj")
 DEFAULT_PIN_FRACTION = 0.5                      # of physical RAM (as mmgp / Wan2GP default on Linux)
 _PINNED_TOTAL = [0]                             # pinned bytes held by all swappers of this process
+
+
+def _release_pins(cell: list) -> None:
+    """A swapped model dropped from the cache without uninstall() must not keep counting against the cap."""
+    _PINNED_TOTAL[0] -= cell[0]
+    cell[0] = 0
 
 
 def system_ram_bytes() -> int | None:
@@ -232,7 +239,8 @@ class BlockSwapper:
         self._slot_views: dict[tuple[int, int], list] = {}
         self._hooks: list = []
         self._emb_by_module: dict[int, _HostStore] = {}
-        self._pinned_here = 0
+        self._pin_cell = [0]                      # pinned bytes of this swapper (released on uninstall or GC)
+        weakref.finalize(self, _release_pins, self._pin_cell)
         self._engine = None
         self.installed = False
 
@@ -257,7 +265,7 @@ class BlockSwapper:
                 buf = torch.empty(padded, dtype=torch.uint8)
         if pinned:
             _PINNED_TOTAL[0] += padded
-            self._pinned_here += padded
+            self._pin_cell[0] += padded
         _pack(entries, buf)
         store = _HostStore(name, entries, payload, padded, buf, pinned, _views(buf, entries))
         _bind(entries, store.host_views)
@@ -331,8 +339,7 @@ class BlockSwapper:
         self.model.__dict__.pop("_run_blocks", None)
         if getattr(self.model, "wanfp4_block_swap", None) is self:
             del self.model.wanfp4_block_swap
-        _PINNED_TOTAL[0] -= self._pinned_here
-        self._pinned_here = 0
+        _release_pins(self._pin_cell)
         self.stores, self.embedding_stores, self.slots, self._slot_views, self._hooks = [], {}, [], {}, []
         self._emb_by_module = {}
         self._engine = None

@@ -450,15 +450,32 @@ def oom_guard(plan: Plan, settings):
         raise RuntimeError(f"{oom_advice(plan, settings)} (CUDA: {first})") from None
 
 
+def other_resident_bytes(model, device) -> int | None:
+    """Bytes allocated on the GPU now that are not the DiT's resident weights, its swap slots or the VAE:
+    encoders left on the GPU (unload_after off, wav2vec2) and anything else this process holds."""
+    dev = torch.device(device) if device is not None else None
+    if dev is None or dev.type != "cuda" or not torch.cuda.is_available():
+        return None
+    tensors = list(model.parameters()) + list(model.buffers())
+    dit = sum(t.numel() * t.element_size() for t in tensors if t.device.type == "cuda")
+    sw = getattr(model, "wanfp4_block_swap", None)
+    slots = sum(s.numel() * s.element_size() for s in sw.slots) if sw is not None else 0
+    return max(0, torch.cuda.memory_allocated(dev) - dit - slots - VAE_WEIGHT_BYTES)
+
+
 def plan_run(model, quant_mode: str, attention_mode: str, settings, tuning: dict | None, device=None,
              gpu: GpuInfo | None = None) -> Plan:
-    """Convenience for the sampler: plan for a loaded WanModel, GenerationSettings and the tuning dict."""
+    """Convenience for the sampler: plan for a loaded WanModel, GenerationSettings and the tuning dict.
+    On a GPU the encoders' share is what is on the GPU now besides the DiT and the VAE (the encoder
+    nodes have already run and unloaded, or not, by the time the sampler plans)."""
     tuning = tuning or {}
     gpu = gpu or detect_gpu(device)
+    other = other_resident_bytes(model, device) if gpu.is_cuda else None
     return plan_memory(
         gpu, model.config, quant_mode, attention_mode, int(_get(settings, "width")), int(_get(settings, "height")),
         int(_get(settings, "frames")), int(tuning.get("blocks_to_swap", 0)), float(tuning.get("vram_threshold", 0.5)),
         auto=bool(tuning.get("auto", False)), dtype=getattr(model, "activation_dtype", None) or torch.bfloat16,
         cfg_branches=3 if float(_get(settings, "cfg", 7.0)) != 1.0 else 2,
         batch_cfg=bool(_get(settings, "batch_cfg", True)), offload_embeddings=bool(tuning.get("offload_embeddings", False)),
-        vae_tiling=str(tuning.get("vae_tiling", "auto")), window=int(_get(settings, "window", 81)))
+        vae_tiling=str(tuning.get("vae_tiling", "auto")), window=int(_get(settings, "window", 81)),
+        encoder_bytes=None if other is None else {"encoders and other tensors on the GPU now": other})

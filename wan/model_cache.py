@@ -27,6 +27,18 @@ def make_key(kind: str, paths: list[str | None], **options: Any) -> tuple:
     return (kind, sig, tuple(sorted((k, repr(v)) for k, v in options.items())))
 
 
+def _collect() -> None:
+    """Free dropped models now: swapped models hold pinned host buffers in reference cycles."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
 class ModelCache:
     def __init__(self) -> None:
         self._items: dict[tuple, Any] = {}
@@ -35,7 +47,10 @@ class ModelCache:
         self.hits = 0
 
     def get_or_load(self, key: tuple, label: str, loader: Callable[[], Any]) -> Any:
-        """Return the cached object for `key`, or load it (logging `[LOAD]`/`[CACHE]` with timings)."""
+        """Return the cached object for `key`, or load it (logging `[LOAD]`/`[CACHE]` with timings).
+
+        One cached object per kind+files: a load with other options first drops the old one (and
+        collects it, so its GPU memory and pinned host memory are free before the new load starts)."""
         t0 = time.perf_counter()
         with self._lock:
             if key in self._items:
@@ -43,11 +58,14 @@ class ModelCache:
                 obj = self._items[key]
                 log_cache(f"Using cached {label} ({time.perf_counter() - t0:.2f} s)")
                 return obj
+            stale = [k for k in self._items if k[:2] == key[:2]]
+            for old in stale:
+                del self._items[old]
+        if stale:
+            _collect()
+            log_cache(f"Dropped the cached {label} with other load options")
         obj = loader()
         with self._lock:
-            # One cached object per kind+files: a reload with other options replaces the old one.
-            for old in [k for k in self._items if k[:2] == key[:2]]:
-                del self._items[old]
             self._items[key] = obj
             self.loads += 1
         log_load(f"Loading {label}... ({time.perf_counter() - t0:.1f} s)")
@@ -58,14 +76,7 @@ class ModelCache:
         with self._lock:
             n = len(self._items)
             self._items.clear()
-        gc.collect()
-        try:
-            import torch
-
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-        except Exception:
-            pass
+        _collect()
         if n:
             log_cache(f"Cleared {n} cached model(s)")
         return n

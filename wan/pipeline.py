@@ -111,12 +111,14 @@ def generate(
     device: torch.device | str = "cpu",
     on_step: Callable[[int, int], None] | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    decode_hooks: tuple[Callable[[], None], Callable[[], None]] | None = None,
 ) -> GenerationResult:
     """Run InfiniteTalk streaming generation; returns frames trimmed to the audio (capped by settings.frames).
 
     text_pos/text_neg: [1, L, text_dim] T5 features; clip_features: [1, 257, 1280];
     reference_image: IMAGE [H, W, C] or [1, H, W, C]; audio_features: [T, blocks, C] at settings.fps
-    (None or empty => silent conditioning of zeros).
+    (None or empty => silent conditioning of zeros). decode_hooks: (before, after) each VAE decode, e.g.
+    to move the DiT out of VRAM when both do not fit.
     """
     s = settings
     if s.width % 16 or s.height % 16:
@@ -204,8 +206,13 @@ def generate(
             if on_step is not None:
                 on_step(done, total_steps)
         td = time.perf_counter()
+        if decode_hooks is not None:
+            decode_hooks[0]()
         with torch.no_grad():
             video = _from_video(vae.decode(latent.to(vae_dtype)))
+        if decode_hooks is not None:
+            decode_hooks[1]()
+        _sync(device)
         timings["vae_decode"] += time.perf_counter() - td
         if s.color_correction > 0:
             video = match_colors(video, ref.cpu() if video.device.type == "cpu" else ref, s.color_correction)

@@ -58,10 +58,8 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
                          keep_audio: bool = False, attention_mode: str = "auto", loras=(), tuning: dict | None = None,
                          device=None) -> DiffusionModel:
     """Transformer (+ InfiniteTalk patch) -> LoRAs merged -> quantized -> on the device, cached."""
-    from .. import attention as attn
     from .. import quant
     from . import loader
-    from .block_swap import apply_block_swap
 
     device = _device(device)
     dtype = _cpu_dtype(dtype_of(precision), device, "model")
@@ -84,13 +82,25 @@ def load_diffusion_model(path: str, patch_path: str | None, precision: str = "bf
 
     loads = MODEL_CACHE.loads
     model = MODEL_CACHE.get_or_load(key, "model", _load)
+    return prepare_diffusion_model(model, attention_mode, tuning, device, dtype, cached=MODEL_CACHE.loads == loads)
+
+
+def prepare_diffusion_model(model: torch.nn.Module, attention_mode: str = "auto", tuning: dict | None = None,
+                            device=None, dtype: torch.dtype = torch.bfloat16, cached: bool = False) -> DiffusionModel:
+    """A loaded (quantized) WanModel -> placed for the run: block swap, GPU compute path, attention modes.
+    Shared by the loader node and the benchmarks that build models in memory."""
+    from .. import attention as attn
+    from .. import quant
+    from .block_swap import apply_block_swap
+
+    device = _device(device)
     t = tuning or {}
     apply_block_swap(model, int(t.get("blocks_to_swap", 0)), device,
                      offload_embeddings=bool(t.get("offload_embeddings", False)))
     if device.type == "cuda":
         quant.set_compute_path(model, quant.detect_environment(device))
     mode = getattr(model, "wanfp4_quant", {}).get("mode", "disabled")
-    if MODEL_CACHE.loads == loads and mode != "disabled":  # cached: repeat the mode line the load printed
+    if cached and mode != "disabled":  # cached: repeat the mode line the load printed
         env = quant.detect_environment(device)
         quant.capabilities.log_plan(quant.resolve_compute(mode, env), env)
     modes = attn.modes_for_model(attention_mode)
@@ -159,8 +169,6 @@ def encode_audio(audio_encoder, audio: dict, fps: float, normalize_loudness: boo
     wave, sr = audio_from_comfy(audio)
     with torch.no_grad():
         feats = audio_encoder.encode_audio(audio, fps=fps, normalize_loudness=normalize_loudness)
-    if feats.shape[0] == 0:
-        raise ValueError("audio: the clip is shorter than one video frame; connect a longer speech clip")
     return {"features": feats.cpu(), "fps": float(fps), "audio": {"waveform": wave, "sample_rate": sr}}
 
 
@@ -199,11 +207,45 @@ def _plan_and_apply(model: DiffusionModel, settings):
     return plan
 
 
+def _set_vae_tiling(vae, plan, tuning: dict | None) -> None:
+    """The plan's tiling choice on CUDA; on other devices the tuning node's explicit on/off."""
+    if not hasattr(vae, "set_tiling"):
+        return
+    choice = str((tuning or {}).get("vae_tiling", "auto"))
+    if plan is not None:
+        vae.set_tiling(bool(plan.vae_tiling))
+    elif choice in ("on", "off"):
+        vae.set_tiling(choice == "on")
+
+
+def _decode_hooks(model: DiffusionModel):
+    """When the DiT and the VAE decode do not fit together: every block goes to host memory for the
+    decode (block swap of all layers), and the planned swap comes back for the next window."""
+    from .block_swap import apply_block_swap
+
+    t = model.tuning or {}
+    n_all, planned = len(model.model.blocks), getattr(model.model, "wanfp4_block_swap", None)
+    n_planned = planned.blocks_to_swap if planned is not None else 0
+    emb = bool(t.get("offload_embeddings", False))
+
+    def leave():
+        apply_block_swap(model.model, n_all, model.device, offload_embeddings=True)
+        torch.cuda.empty_cache()
+
+    def back():
+        apply_block_swap(model.model, n_planned, model.device, offload_embeddings=emb)
+
+    info("DiT leaves VRAM for each VAE decode (the plan found no room for both)")
+    return leave, back
+
+
 def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds: dict, audio_embeds: dict, *,
                      width: int, height: int, frames: int, fps: float, steps: int, cfg: float, audio_cfg: float,
                      shift: float, scheduler: str, denoise: float, seed: int, motion_frames: int,
-                     color_correction: float, device=None, on_step=None, check_interrupt=None):
-    """Validate the settings, run the streaming sampler, return (IMAGE frames, AUDIO trimmed to the video)."""
+                     color_correction: float, device=None, on_step=None, check_interrupt=None,
+                     report: dict | None = None):
+    """Validate the settings, run the streaming sampler, return (IMAGE frames, AUDIO trimmed to the video).
+    `report` (optional dict) receives the per-stage timings, the memory plan and the measured peak."""
     from .pipeline import GenerationSettings, generate, round_to_4k1
 
     if abs(audio_embeds["fps"] - fps) > 1e-6:
@@ -233,14 +275,19 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
             clip = image_embeds["encoder"].encode_image(ref[None]).cpu()
             image_embeds["encoder"].offload()
     plan = _plan_and_apply(model, settings) if model.device.type == "cuda" else None
+    _set_vae_tiling(vae, plan, model.tuning)
+    hooks = _decode_hooks(model) if plan is not None and plan.dit_leaves_for_decode else None
     with (oom_guard(plan, settings) if plan is not None else contextlib.nullcontext()):
         result = generate(
             model.model, vae, text_embeds["positive"], text_embeds["negative"], clip,
             image_embeds["image"], audio_embeds["features"], settings, device=model.device,
-            on_step=on_step, check_interrupt=check_interrupt,
+            on_step=on_step, check_interrupt=check_interrupt, decode_hooks=hooks,
         )
     if plan is not None:
         log_measured_peak(plan, model.device)
+    if report is not None:
+        report.update(timings=result.timings, plan=plan, windows=result.windows, model_calls=result.model_calls,
+                      peak_bytes=torch.cuda.max_memory_allocated(model.device) if plan is not None else None)
     audio = trim_audio(audio_embeds["audio"], result.num_frames / fps)
     tm = result.timings
     info(f"Generated {result.num_frames} frames ({result.num_frames / fps:.2f} s) in {result.windows} window(s), "
