@@ -248,6 +248,62 @@ def bench_linear(shapes):
         torch.cuda.empty_cache()
 
 
+DIT_MODES = {   # quantization mode -> attention modes timed with it
+    "disabled": ("sdpa", "sageattn_3"),
+    "fp8_e4m3fn_fast": ("sdpa", "sageattn_3", "sageattn_3_fp8"),
+    "fp4_scaled": ("sageattn_3",),
+    "fp4_scaled_fast": ("sageattn_3", "sageattn_3_fp8"),
+    "fp4_experimental": ("sageattn_3_fp4",),
+}
+
+
+def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda") -> None:
+    """One batch-1 DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every
+    mode) per (quantization, attention) mode; ratio against bf16 + SDPA, error = relative difference
+    of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer."""
+    import gc
+
+    from wanfp4.wan import services
+    from wanfp4.bench.dit_forward import dit_inputs, time_calls, time_diffusers_forward
+    from wanfp4.bench.seed_models import build_dit, dit_config
+
+    cfg = dit_config(tiny)
+    dtype = torch.bfloat16
+    shape = f"{width}x{height}x{frames}f ({(frames - 1) // 4 + 1} x {height // 16} x {width // 16} tokens)"
+    args, kw = dit_inputs(cfg, 1, width, height, frames, device, dtype)
+    base = ref = None
+    for mode, attns in DIT_MODES.items():
+        try:
+            model = build_dit(mode, device, dtype, tiny)
+        except Exception as err:  # noqa: BLE001
+            _row(group="dit", mode=mode, shape=shape, note=f"FAILED build {type(err).__name__}: {str(err)[:300]}")
+            continue
+        for attn in attns:
+            try:
+                dm = services.prepare_diffusion_model(model, attn, None, device, dtype)
+                ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
+                with torch.inference_mode():
+                    out = dm.model(*args, **kw).float()
+                if ref is None:
+                    base, ref = ms, out
+                _row(group="dit", mode=f"{mode} + {attn}", shape=shape, ms=_fmt(ms, 0), ratio=_fmt(base / ms, 2),
+                     vs_ref=_fmt(rel(out, ref), 4),
+                     note=f"first call {first:.0f} ms; peak {peak / 2**30:.1f} GiB; vs ref = output vs bf16+sdpa")
+                del out
+            except Exception as err:  # noqa: BLE001
+                _row(group="dit", mode=f"{mode} + {attn}", shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
+        del model
+        gc.collect()
+        torch.cuda.empty_cache()
+    try:
+        d = time_diffusers_forward(cfg, width, height, frames, device, iters, dtype)
+        _row(group="dit", mode=f"diffusers {d['version']} WanTransformer3DModel bf16 (SDPA)", shape=shape,
+             ms=_fmt(d["ms"], 0), ratio=_fmt(base / d["ms"], 2) if base else "",
+             note=f"no audio layers; first call {d['first_ms']:.0f} ms; peak {d['peak_bytes'] / 2**30:.1f} GiB")
+    except Exception as err:  # noqa: BLE001
+        _row(group="dit", mode="diffusers", shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
+
+
 def environment() -> str:
     import triton
     p = torch.cuda.get_device_properties(0)
@@ -269,6 +325,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tune", action="store_true", help="sweep attention tile configs at L=37800")
     ap.add_argument("--lengths", type=int, nargs="*", default=[37800, 32760, 75600])
     ap.add_argument("--fp4-time", action="store_true", help="also time the emulated FP4 attention")
+    ap.add_argument("--dit", action="store_true", help="full 14B DiT forward per mode at the seed shape")
+    ap.add_argument("--dit-size", type=int, nargs=3, default=[640, 720, 81], metavar=("W", "H", "FRAMES"))
     ap.add_argument("--md", help="write the table as markdown here")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -281,9 +339,11 @@ def main(argv=None) -> int:
     print("group | mode | shape | ms | TF/s | ratio | err iid | err biased K | vs ref | note")
     if a.tune:
         tune_attention()
-    if a.attn or not (a.linear or a.tune):
+    if a.attn or not (a.linear or a.tune or a.dit):
         bench_attention(a.lengths, with_fp4_time=a.fp4_time)
-    if a.linear or not (a.attn or a.tune):
+    if a.dit:
+        bench_dit(*a.dit_size)
+    if a.linear or not (a.attn or a.tune or a.dit):
         shapes = [(m, k, n) for m in (37800, 512) for k, n in ((5120, 5120), (5120, 13824), (13824, 5120))]
         bench_linear(shapes)
     if a.md:

@@ -254,3 +254,29 @@ def test_bad_inputs_raise_clear_errors():
         plan("h200", vae_tiling="maybe")
     with pytest.raises(ValueError, match="unknown GPU preset"):
         GpuInfo.simulate("rtx9090")
+
+
+def test_sampler_applies_the_vae_tiling_choice():
+    from types import SimpleNamespace
+
+    from wanfp4.wan.services import _set_vae_tiling
+
+    class VAE:
+        tiling = None
+
+        def set_tiling(self, enabled=True):
+            self.tiling = enabled
+
+    for plan, tuning, want in ((SimpleNamespace(vae_tiling=True), {"vae_tiling": "off"}, True),   # plan decides on CUDA
+                               (SimpleNamespace(vae_tiling=False), {"vae_tiling": "auto"}, False),
+                               (None, {"vae_tiling": "on"}, True), (None, {"vae_tiling": "off"}, False),
+                               (None, {"vae_tiling": "auto"}, None), (None, None, None)):
+        vae = VAE()
+        _set_vae_tiling(vae, plan, tuning)
+        assert vae.tiling is want, (plan, tuning)
+
+
+def test_no_resident_estimate_without_cuda():
+    from wanfp4.wan.hw_tuning import other_resident_bytes
+
+    assert other_resident_bytes(build_model(TINY_INFINITETALK, device="meta"), "cpu") is None

@@ -57,7 +57,7 @@ def parts():
     return model
 
 
-def _run(model, frames, audio_frames, cfg=7.0, steps=2, batch_cfg=True, w=32, h=32):
+def _run(model, frames, audio_frames, cfg=7.0, steps=2, batch_cfg=True, w=32, h=32, decode_hooks=None):
     torch.manual_seed(1)
     cm = CountingModel(model)
     vae = SpyVAE()
@@ -66,7 +66,7 @@ def _run(model, frames, audio_frames, cfg=7.0, steps=2, batch_cfg=True, w=32, h=
     s = GenerationSettings(width=w, height=h, frames=frames, fps=16, steps=steps, cfg=cfg, audio_cfg=4.0, shift=7.0,
                            seed=3, batch_cfg=batch_cfg)
     res = generate(cm, vae, torch.randn(1, 7, TINY_INFINITETALK.text_dim), torch.randn(1, 5, TINY_INFINITETALK.text_dim),
-                   torch.randn(1, 257, 1280), torch.rand(40, 50, 3), feats, s)
+                   torch.randn(1, 257, 1280), torch.rand(40, 50, 3), feats, s, decode_hooks=decode_hooks)
     return res, cm, vae
 
 
@@ -115,6 +115,20 @@ def test_multi_window_length_and_continuity(parts):
     for k, z in ((1, vae.encode(motion_inputs[0])), (2, vae.encode(motion_inputs[1]))):
         for x, _ in cm.calls[k * per_window:(k + 1) * per_window]:
             assert torch.allclose(x[:1, :, :3], z, atol=1e-5)
+
+
+def test_decode_hooks_wrap_every_decode(parts):
+    # the DiT-leaves-VRAM hooks run right around each window's decode, never during sampling
+    events = []
+    h = parts.register_forward_hook(lambda *a: events.append("call"))
+    try:
+        res, _, _ = _run(parts, frames=201, audio_frames=205, steps=1, w=16, h=16,
+                         decode_hooks=(lambda: events.append("leave"), lambda: events.append("back")))
+    finally:
+        h.remove()
+    per_window = events.count("call") // res.windows      # batched CFG: one forward per step
+    assert res.windows == 3 and per_window >= 1
+    assert events == (["call"] * per_window + ["leave", "back"]) * res.windows
 
 
 def test_guidance_formula():

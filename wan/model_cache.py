@@ -35,6 +35,9 @@ def _collect() -> None:
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+            host_empty = getattr(torch._C, "_host_emptyCache", None)   # pinned blocks torch keeps for reuse
+            if host_empty is not None:
+                host_empty()
     except Exception:
         pass
 

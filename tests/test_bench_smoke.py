@@ -1,0 +1,38 @@
+"""The benchmark scripts run end to end on the CPU with small models of the same structure (--tiny), so
+the GPU runs recorded in bench/RESULTS.md can be repeated: every stage is timed, the MP4 is written and
+reads back, the cached run loads nothing, and diffusers' forward runs for the peer baseline."""
+import json
+
+import pytest
+
+from wanfp4.bench import seed_workload
+from wanfp4.bench.profile_dit import kind_of
+from wanfp4.wan.model_cache import MODEL_CACHE
+from wanfp4.wan.video_io import probe_mp4
+
+
+def test_seed_workload_tiny_on_cpu(tmp_path):
+    pytest.importorskip("diffusers")
+    out = tmp_path / "mp4"
+    res = seed_workload.main(["--tiny", "--device", "cpu", "--width", "64", "--height", "64", "--frames", "9",
+                              "--steps", "2", "--configs", "fp8", "--diffusers", "--out", str(out),
+                              "--json", str(tmp_path / "r.json"), "--md", str(tmp_path / "r.md")])
+    runs = {r["run"]: r for r in res["runs"]}
+    assert set(runs) == {"first", "cached", "swap"} and not any("error" in r for r in res["runs"])
+    for r in runs.values():
+        assert set(r["stages_s"]) >= {"load", "t5", "clip", "audio", "vae_encode", "vae_decode", "mux"}
+        assert len(r["steps_s"]) == 2 and r["calls_per_step"] == 3 and r["frames"] == 9
+        info = probe_mp4(str(out / r["mp4"]))
+        assert info["frames"] == 9 and info["audio_codec"] == "aac"
+    assert runs["swap"]["blocks_to_swap"] == 2                 # capped at the tiny model's 2 blocks
+    assert runs["cached"]["stages_s"]["load"] < runs["first"]["stages_s"]["load"]
+    assert res["diffusers"]["ms"] > 0 and len(MODEL_CACHE) == 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert len(saved["runs"]) == 3 and "| fp8 | cached |" in (tmp_path / "r.md").read_text()
+
+
+def test_profile_kinds():
+    assert kind_of("attn_int8_kernel") == "attention"
+    assert kind_of("nvjet_sm90_tst_256x144_64x4_1x2_h_bz_coopA_bias_TNT") == "gemm"
+    assert kind_of("quant_fp8_rows_kernel") == "quantize"
+    assert kind_of("void at::native::vectorized_layer_norm_kernel<float>") == "elementwise/norm/rope"
