@@ -57,7 +57,6 @@ def build_text_encoder(device, dtype: torch.dtype = torch.bfloat16, tiny: bool =
     model.shared.to("cpu")
     tok = T5Tokenizer.from_spiece_bytes(_spiece_model(), "demo sentencepiece (random-weight benchmark)")
     enc = TextEncoder(model, tok, torch.device(device), dtype, "bf16", "random umT5-XXL")
-    enc._on = torch.device(device)
     return enc
 
 

@@ -108,19 +108,27 @@ class ClipVisionEncoder:
         """IMAGE [N, H, W, C] 0..1 -> normalised [N, 3, S, S] (whole frame resized, like Wan)."""
         return clip_preprocess(image_from_comfy(image, name), self.image_size)
 
+    def _move(self, device) -> None:
+        from .residency import HostResidency
+
+        if getattr(self, "_residency", None) is None:
+            self._residency = HostResidency([self.model])
+        if torch.device(device) != self._residency.device:
+            self._residency.to(device)
+
     def to(self, device) -> "ClipVisionEncoder":
-        self.model.to(device)
+        self._move(device)
         self.device = torch.device(device)
         return self
 
     def offload(self) -> "ClipVisionEncoder":
-        self.model.to("cpu")
+        self._move("cpu")     # host weights are kept and re-bound: nothing is copied back
         return self
 
     @torch.no_grad()
     def encode_image(self, image, name: str = "image") -> torch.Tensor:
         pixels = self.preprocess(image, name)
-        self.model.to(self.device)
+        self._move(self.device)
         out = self.model(pixel_values=pixels.to(self.device, self.dtype))
         return out.last_hidden_state
 

@@ -222,12 +222,16 @@ class TextEncoder:
         return [self.model.encoder.block, self.model.encoder.final_layer_norm]
 
     def to(self, device) -> "TextEncoder":
-        """Move the transformer blocks (not the CPU-resident vocabulary table)."""
+        """Move the transformer blocks (not the CPU-resident vocabulary table); back on the CPU the
+        kept host weights are re-bound (wan/residency.py), nothing is copied back."""
+        from .residency import HostResidency
+
         device = torch.device(device)
-        if device != self._on:
-            for m in self._body():
-                m.to(device)
-            self._on = device
+        if getattr(self, "_residency", None) is None:
+            self._residency = HostResidency(self._body())
+        if device != self._residency.device:
+            self._residency.to(device)
+        self._on = device
         return self
 
     def offload(self) -> "TextEncoder":
