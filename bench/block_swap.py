@@ -11,48 +11,16 @@ Target (issue 7): all blocks swapped costs <= 10% over resident for fp8 / FP4 we
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from dataclasses import replace
 
 import torch
-
-
-def _sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _inputs(cfg, batch, width, height, frames, device, dtype):
-    lat_f, lh, lw = (frames - 1) // 4 + 1, height // 8, width // 8
-    g = torch.Generator(device="cpu").manual_seed(0)
-    r = lambda *s: torch.randn(*s, generator=g).to(device, dtype)   # noqa: E731
-    a = cfg.audio
-    return ((r(batch, 16, lat_f, lh, lw), torch.full((batch,), 700.0, device=device), r(batch, 512, cfg.text_dim)),
-            dict(clip_fea=r(batch, cfg.image_tokens, cfg.image_dim), y=r(batch, cfg.in_dim - 16, lat_f, lh, lw),
-                 audio=r(batch, 1, frames, a.seq_len, a.blocks, a.channels)))
-
-
-def _time(model, args, kw, iters, device):
-    with torch.inference_mode():
-        model(*args, **kw)                                  # warm-up
-        _sync(device)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        times = []
-        for _ in range(iters):
-            t = time.perf_counter()
-            model(*args, **kw)
-            _sync(device)
-            times.append((time.perf_counter() - t) * 1000)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else 0
-    return statistics.median(times), peak
 
 
 def main(argv=None):
     from ..quant import quantize_model
     from ..wan import hw_tuning as hw
     from ..wan.block_swap import BlockSwapper
+    from .dit_forward import dit_inputs, time_calls
     from ..wan.config import INFINITETALK_14B, TINY_INFINITETALK
     from ..wan.model import build_model
 
@@ -79,16 +47,16 @@ def main(argv=None):
         quantize_model(model, a.mode, compute_dtype=dtype, device=device)
     model.set_attention_modes(self_attn=a.attention)
     model.eval()
-    args, kw = _inputs(cfg, a.batch, a.width, a.height, a.frames, device, dtype)
+    args, kw = dit_inputs(cfg, a.batch, a.width, a.height, a.frames, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
         base_mem = torch.cuda.memory_allocated(device)
     else:
         base_mem = 0
 
-    ms_res, peak_res = _time(model, args, kw, a.iters, device)
+    ms_res, _, peak_res = time_calls(lambda: model(*args, **kw), a.iters, device)
     sw = BlockSwapper(model, a.blocks, device, prefetch=a.prefetch).install()
-    ms_swap, peak_swap = _time(model, args, kw, a.iters, device)
+    ms_swap, _, peak_swap = time_calls(lambda: model(*args, **kw), a.iters, device)
     per_block = sw.stats.bytes_copied / max(1, sw.stats.block_copies)
     sw.uninstall()
 

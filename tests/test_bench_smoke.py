@@ -36,3 +36,11 @@ def test_profile_kinds():
     assert kind_of("nvjet_sm90_tst_256x144_64x4_1x2_h_bz_coopA_bias_TNT") == "gemm"
     assert kind_of("quant_fp8_rows_kernel") == "quantize"
     assert kind_of("void at::native::vectorized_layer_norm_kernel<float>") == "elementwise/norm/rope"
+
+
+def test_block_swap_bench_tiny_on_cpu(capsys):
+    from wanfp4.bench import block_swap
+
+    block_swap.main(["--tiny", "--device", "cpu", "--blocks", "2", "--iters", "1"])
+    out = capsys.readouterr().out
+    assert "resident:" in out and "swap all:" in out and "overhead" in out
