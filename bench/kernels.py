@@ -257,11 +257,15 @@ DIT_MODES = {   # quantization mode -> attention modes timed with it
 }
 
 
-def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda") -> None:
+def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda",
+              fused_variants: tuple[bool, ...] = (False,)) -> None:
     """One batch-1 DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every
     mode) per (quantization, attention) mode; ratio against bf16 + SDPA, error = relative difference
-    of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer."""
+    of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer. fused_variants: time each
+    mode without and/or with the fused element-wise kernels (wan/fused.py)."""
     import gc
+
+    from wanfp4.wan import fused
 
     from wanfp4.wan import services
     from wanfp4.bench.dit_forward import dit_inputs, time_calls, time_diffusers_forward
@@ -279,19 +283,24 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
             _row(group="dit", mode=mode, shape=shape, note=f"FAILED build {type(err).__name__}: {str(err)[:300]}")
             continue
         for attn in attns:
-            try:
-                dm = services.prepare_diffusion_model(model, attn, None, device, dtype)
-                ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
-                with torch.inference_mode():
-                    out = dm.model(*args, **kw).float()
-                if ref is None:
-                    base, ref = ms, out
-                _row(group="dit", mode=f"{mode} + {attn}", shape=shape, ms=_fmt(ms, 0), ratio=_fmt(base / ms, 2),
-                     vs_ref=_fmt(rel(out, ref), 4),
-                     note=f"first call {first:.0f} ms; peak {peak / 2**30:.1f} GiB; vs ref = output vs bf16+sdpa")
-                del out
-            except Exception as err:  # noqa: BLE001
-                _row(group="dit", mode=f"{mode} + {attn}", shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
+            for fz in fused_variants:
+                name = f"{mode} + {attn}" + (" + fused elementwise" if fz else "")
+                try:
+                    fused.set_fused(fz)
+                    dm = services.prepare_diffusion_model(model, attn, None, device, dtype)
+                    ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
+                    with torch.inference_mode():
+                        out = dm.model(*args, **kw).float()
+                    if ref is None:
+                        base, ref = ms, out
+                    _row(group="dit", mode=name, shape=shape, ms=_fmt(ms, 0), ratio=_fmt(base / ms, 2),
+                         vs_ref=_fmt(rel(out, ref), 4),
+                         note=f"first call {first:.0f} ms; peak {peak / 2**30:.1f} GiB; vs ref = output vs bf16+sdpa")
+                    del out
+                except Exception as err:  # noqa: BLE001
+                    _row(group="dit", mode=name, shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
+                finally:
+                    fused.set_fused(False)
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -327,6 +336,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fp4-time", action="store_true", help="also time the emulated FP4 attention")
     ap.add_argument("--dit", action="store_true", help="full 14B DiT forward per mode at the seed shape")
     ap.add_argument("--dit-size", type=int, nargs=3, default=[640, 720, 81], metavar=("W", "H", "FRAMES"))
+    ap.add_argument("--fused", action="store_true", help="--dit: also time each mode with the fused element-wise kernels")
     ap.add_argument("--md", help="write the table as markdown here")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -342,7 +352,7 @@ def main(argv=None) -> int:
     if a.attn or not (a.linear or a.tune or a.dit):
         bench_attention(a.lengths, with_fp4_time=a.fp4_time)
     if a.dit:
-        bench_dit(*a.dit_size)
+        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (False,))
     if a.linear or not (a.attn or a.tune or a.dit):
         shapes = [(m, k, n) for m in (37800, 512) for k, n in ((5120, 5120), (5120, 13824), (13824, 5120))]
         bench_linear(shapes)

@@ -168,6 +168,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--fps", type=float, default=16.0)
+    p.add_argument("--fused", action="store_true", help="fused element-wise kernels in the DiT (wan/fused.py)")
     p.add_argument("--tiny", action="store_true", help="small models of the same structure (CPU smoke run)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", default=None, help="folder for the MP4s (default: a temporary folder)")
@@ -176,11 +177,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     a.dtype = torch.bfloat16 if torch.device(a.device).type == "cuda" else torch.float32
     out_dir = a.out or tempfile.mkdtemp(prefix="wanfp4_seed_")
+    if a.fused:
+        from ..wan.fused import set_fused
+        set_fused(True)
     from . import seed_models as sm
     from .dit_forward import time_diffusers_forward
     from ..wan.model_cache import MODEL_CACHE
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:]}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:], "fused": a.fused}
     if torch.device(a.device).type == "cuda":
         import triton
         env.update(gpu=torch.cuda.get_device_name(a.device), triton=triton.__version__,

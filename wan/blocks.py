@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from ..attention import attention
+from . import fused
 from .audio_modules import AudioCrossAttention, speaker_reference_map
 from .norms import layer_norm, maybe_rms
-from .rope import apply_rotary
 
 
 @dataclass
@@ -58,8 +58,8 @@ class SelfAttention(nn.Module):
         """Returns (output, q, k); q/k (after RoPE) feed the two-speaker reference map."""
         b, n, _ = x.shape
         shape = (b, n, self.num_heads, self.head_dim)
-        q = apply_rotary(self.norm_q(self.q(x)).view(shape), inp.rope_cos, inp.rope_sin).to(x.dtype)
-        k = apply_rotary(self.norm_k(self.k(x)).view(shape), inp.rope_cos, inp.rope_sin).to(x.dtype)
+        q = fused.rms_rope(self.norm_q, self.q(x), self.num_heads, inp.rope_cos, inp.rope_sin, x.dtype)
+        k = fused.rms_rope(self.norm_k, self.k(x), self.num_heads, inp.rope_cos, inp.rope_sin, x.dtype)
         v = self.v(x).view(shape)
         out = attention(q, k, v, inp.modes["self"])
         return self.o(out.flatten(2)), q, k
@@ -124,8 +124,8 @@ class WanBlock(nn.Module):
         mod = (self.modulation.float() + inp.e0).unsqueeze(2)  # [B, 6, 1, dim] fp32
         shift_sa, scale_sa, gate_sa, shift_ff, scale_ff, gate_ff = mod.unbind(1)
 
-        y, q, k = self.self_attn((self.norm1(x) * (1 + scale_sa) + shift_sa).to(dt), inp)
-        x = (x.float() + y.float() * gate_sa).to(dt)
+        y, q, k = self.self_attn(fused.modulate(self.norm1, x, scale_sa, shift_sa, dt), inp)
+        x = fused.gated_residual(x, y, gate_sa)
 
         x = x + self.cross_attn(self.norm3(x).to(dt), inp).to(dt)
 
@@ -136,5 +136,5 @@ class WanBlock(nn.Module):
             y = self.audio_cross_attn(self.norm_x(x).to(dt), inp.audio, inp.grid, inp.modes["audio"], ref_map)
             x = x + (y * inp.audio_scale if inp.audio_scale != 1.0 else y).to(dt)
 
-        y = self.ffn((self.norm2(x) * (1 + scale_ff) + shift_ff).to(dt))
-        return (x.float() + y.float() * gate_ff).to(dt)
+        y = self.ffn(fused.modulate(self.norm2, x, scale_ff, shift_ff, dt))
+        return fused.gated_residual(x, y, gate_ff)

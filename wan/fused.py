@@ -1,0 +1,73 @@
+"""The DiT block's element-wise steps, each as one function: the PyTorch path (the reference numerics,
+used on CPU and by default) or, when switched on, a fused Triton kernel (wan/triton_fused.py).
+
+Switch: `WANFP4_FUSED_ELEMENTWISE=1` in the environment, or `set_fused(True)`. Off by default until
+its speed is measured on a GPU (bench/kernels.py --dit --fused); the kernels do the same fp32 math in
+registers, so outputs differ from the PyTorch path only by rounding order.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from .rope import apply_rotary
+
+_STATE = {"enabled": os.environ.get("WANFP4_FUSED_ELEMENTWISE", "0") == "1"}
+
+
+def set_fused(enabled: bool) -> None:
+    _STATE["enabled"] = bool(enabled)
+
+
+def fused_enabled() -> bool:
+    return _STATE["enabled"]
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    try:
+        from . import triton_fused
+        return triton_fused
+    except Exception:   # no Triton (CPU builds of torch): the PyTorch path stays
+        return None
+
+
+def _use(*ts: torch.Tensor) -> bool:
+    if not _STATE["enabled"] or _kernels() is None:
+        return False
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    return all((t.is_cuda or interpret) and t.is_contiguous() for t in ts) and ts[0].dtype in (
+        torch.bfloat16, torch.float16, torch.float32)
+
+
+def _rows(v: torch.Tensor, batch: int) -> torch.Tensor:
+    """[B or 1, 1, N] fp32 modulation -> contiguous [batch, N]."""
+    return v.reshape(v.shape[0], -1).float().expand(batch, -1).contiguous()
+
+
+def modulate(norm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """LayerNorm(x) * (1 + scale) + shift in fp32, cast to dt (norm: a non-affine FP32LayerNorm)."""
+    if _use(x) and not norm.elementwise_affine and x.dim() == 3:
+        out = torch.empty(x.shape, dtype=dt, device=x.device)
+        return _kernels().ln_modulate(x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+    return (norm(x) * (1 + scale) + shift).to(dt)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """x + y * gate in fp32, cast back to x's dtype (the residual stream)."""
+    if _use(x, y) and x.dim() == 3 and x.shape == y.shape:
+        out = torch.empty_like(x)
+        return _kernels().gated_residual(x, y, _rows(gate, x.shape[0]), out)
+    return (x.float() + y.float() * gate).to(x.dtype)
+
+
+def rms_rope(norm, x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """q/k: RMSNorm over the full dim (or identity), 3-D RoPE on interleaved pairs, cast to dt.
+    x: [B, L, dim] (Linear output) -> [B, L, heads, dim/heads]."""
+    b, n, dim = x.shape
+    if _use(x, cos, sin) and hasattr(norm, "eps") and cos.dim() == 2:
+        out = torch.empty(x.shape, dtype=dt, device=x.device)
+        return _kernels().rms_rope(x, norm.weight, cos, sin, norm.eps, out).view(b, n, heads, dim // heads)
+    return apply_rotary(norm(x).view(b, n, heads, dim // heads), cos, sin).to(dt)
