@@ -18,6 +18,7 @@ forward of diffusers' WanTransformer3DModel (bf16, SDPA) of the same config and 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -53,22 +54,15 @@ def _host_mem() -> dict:
     return {"rss_gib": out.get("VmRSS", 0) / GiB, "rss_peak_gib": out.get("VmHWM", 0) / GiB}
 
 
-class Stages:
-    def __init__(self, device):
-        self.device, self.s = device, {}
+@contextlib.contextmanager
+def stage(times: dict, name: str, device):
+    """Adds the seconds of the `with` body (device work finished) to times[name]."""
+    from .dit_forward import sync
 
-    def __call__(self, name):
-        st = self
-
-        class _T:
-            def __enter__(self):
-                self.t = time.perf_counter()
-
-            def __exit__(self, *exc):
-                from .dit_forward import sync
-                sync(st.device)
-                st.s[name] = st.s.get(name, 0.0) + time.perf_counter() - self.t
-        return _T()
+    t = time.perf_counter()
+    yield
+    sync(device)
+    times[name] = times.get(name, 0.0) + time.perf_counter() - t
 
 
 def example_inputs():
@@ -89,10 +83,10 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
 
     device, dtype, tiny = torch.device(a.device), a.dtype, a.tiny
     cuda = device.type == "cuda"
-    st = Stages(device)
+    times: dict = {}
     loads = MODEL_CACHE.loads
     t_all = time.perf_counter()
-    with st("load"):
+    with stage(times, "load", device):
         get = MODEL_CACHE.get_or_load
         model = get(("seed_dit", (), ()) + ((("mode", mode),),), f"model (random-weight DiT, {mode})",
                     lambda: sm.build_dit(mode, device, dtype, tiny))
@@ -104,25 +98,25 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
                                               cached=MODEL_CACHE.loads == loads)
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
-    with st("t5"):
+    with stage(times, "t5", device):
         text = services.encode_text(t5, POSITIVE, NEGATIVE, offload=True)
-    with st("clip"):
+    with stage(times, "clip", device):
         img = services.encode_image(clip, image)
-    with st("audio"):
+    with stage(times, "audio", device):
         aud = services.encode_audio(w2v, audio, fps=a.fps)
     pre_peak = torch.cuda.max_memory_allocated(device) if cuda else 0
     rep: dict = {}
-    with st("sampler"):
+    with stage(times, "sampler", device):
         frames, audio_out = services.run_infinitetalk(
             dm, vae, text, img, aud, width=a.width, height=a.height, frames=a.frames, fps=a.fps, steps=a.steps,
             cfg=7.0, audio_cfg=4.0, shift=7.0, scheduler="euler", denoise=1.0, seed=42, motion_frames=9,
             color_correction=1.0, report=rep)
-    with st("mux"):
+    with stage(times, "mux", device):
         vid = write_mp4(frames, out_dir, f"seed_{name}", fps=a.fps, crf=19, audio=audio_out)
     total = time.perf_counter() - t_all
     tm = rep["timings"]
     steps = list(tm["steps"])
-    stages = dict(st.s)
+    stages = dict(times)
     stages["vae_encode"], stages["vae_decode"] = tm["vae_encode"], tm["vae_decode"]
     stages["sampler_other"] = stages.pop("sampler") - tm["vae_encode"] - tm["vae_decode"] - sum(steps)
     calls_per_step = rep["model_calls"] / max(1, len(steps))
@@ -219,7 +213,7 @@ def main(argv=None):
                 result["runs"].append(row)
                 save()
                 break
-            row["run"] = row["run_name"] = run
+            row["run"] = run
             if result["diffusers"]:
                 row["vs_diffusers"] = f"{result['diffusers']['ms'] / row['ms_per_call']:.2f}x"
             result["runs"].append(row)

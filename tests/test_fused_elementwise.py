@@ -35,9 +35,10 @@ def kernels():
     """Fused path on: on the GPU, or in the interpreter on the CPU."""
     if not (CUDA or INTERPRETED):
         pytest.skip("covered by the interpreter subprocess")
+    before = fused.fused_enabled()
     fused.set_fused(True)
     yield torch.device("cuda" if CUDA else "cpu")
-    fused.set_fused(os.environ.get("WANFP4_FUSED_ELEMENTWISE", "0") == "1")
+    fused.set_fused(before)
 
 
 def _reference(fn, *args):

@@ -38,6 +38,6 @@ def test_text_and_clip_encoders_offload_without_copies():
     img = torch.rand(1, 40, 30, 3)
     want = clip.encode_image(img)
     before = _ptrs(clip.model)
-    clip._move("meta")
+    clip._residency.to("meta")
     clip.offload()
     assert _ptrs(clip.model) == before and torch.equal(clip.encode_image(img), want)

@@ -22,6 +22,7 @@ import torch.nn as nn
 from ..log import load, warn
 from .checkpoint_reader import find_prefix, open_checkpoint, shapes_of
 from .image_input import clip_preprocess, image_from_comfy
+from .residency import HostResidency
 from .safetensors_io import ModelFileError
 
 ANCHOR = "embeddings.patch_embedding.weight"
@@ -95,6 +96,7 @@ class ClipVisionEncoder:
 
     def __init__(self, model: nn.Module, det: dict, device: torch.device, dtype: torch.dtype, source: str = ""):
         self.model, self.det, self.device, self.dtype, self.source = model.eval(), det, device, dtype, source
+        self._residency = HostResidency([self.model])
 
     @property
     def image_size(self) -> int:
@@ -108,27 +110,19 @@ class ClipVisionEncoder:
         """IMAGE [N, H, W, C] 0..1 -> normalised [N, 3, S, S] (whole frame resized, like Wan)."""
         return clip_preprocess(image_from_comfy(image, name), self.image_size)
 
-    def _move(self, device) -> None:
-        from .residency import HostResidency
-
-        if getattr(self, "_residency", None) is None:
-            self._residency = HostResidency([self.model])
-        if torch.device(device) != self._residency.device:
-            self._residency.to(device)
-
     def to(self, device) -> "ClipVisionEncoder":
-        self._move(device)
+        self._residency.to(device)
         self.device = torch.device(device)
         return self
 
     def offload(self) -> "ClipVisionEncoder":
-        self._move("cpu")     # host weights are kept and re-bound: nothing is copied back
+        self._residency.to("cpu")     # host weights are kept and re-bound: nothing is copied back
         return self
 
     @torch.no_grad()
     def encode_image(self, image, name: str = "image") -> torch.Tensor:
         pixels = self.preprocess(image, name)
-        self._move(self.device)
+        self._residency.to(self.device)
         out = self.model(pixel_values=pixels.to(self.device, self.dtype))
         return out.last_hidden_state
 

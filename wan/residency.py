@@ -37,6 +37,8 @@ class HostResidency:
 
     def to(self, device) -> None:
         device = torch.device(device)
+        if device == self.device:
+            return
         if device.type == "cpu" and self._host is not None:
             for sub, name, is_param, data in self._host:
                 if is_param:   # a new Parameter around the kept tensor (set_data can refuse device changes)

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from ..log import info, load, warn
 from .checkpoint_reader import find_prefix, open_checkpoint, shapes_of
+from .residency import HostResidency
 from .safetensors_io import ModelFileError
 from .t5_tokenizer import SPIECE_TENSOR, T5Tokenizer, find_tokenizer
 
@@ -212,7 +213,7 @@ class TextEncoder:
                  precision: str, source: str = ""):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device, self.dtype, self.precision, self.source = torch.device(device), dtype, precision, source
-        self._on = torch.device("cpu")
+        self._residency = HostResidency(self._body())
 
     @property
     def dim(self) -> int:
@@ -224,14 +225,7 @@ class TextEncoder:
     def to(self, device) -> "TextEncoder":
         """Move the transformer blocks (not the CPU-resident vocabulary table); back on the CPU the
         kept host weights are re-bound (wan/residency.py), nothing is copied back."""
-        from .residency import HostResidency
-
-        device = torch.device(device)
-        if getattr(self, "_residency", None) is None:
-            self._residency = HostResidency(self._body())
-        if device != self._residency.device:
-            self._residency.to(device)
-        self._on = device
+        self._residency.to(device)
         return self
 
     def offload(self) -> "TextEncoder":
