@@ -83,8 +83,16 @@ def test_rms_rope(kernels, dt, b, grid, heads, head_dim):
     _close(got, _reference(fused.rms_rope, norm, x, heads, cos, sin, dt), dt)
 
 
-def test_model_forward_same_with_fused_switch(kernels):
-    model = build_model(TINY_INFINITETALK, device=kernels, dtype=torch.float32, seed=2).eval()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_forward_same_with_fused_switch(kernels, monkeypatch, dtype):
+    """Every block step takes its kernel (a transposed residual stream once made them all fall back
+    silently) and the forward equals the PyTorch path."""
+    calls = {}
+    for name in ("ln_modulate", "gated_residual", "rms_rope"):
+        real = getattr(fused._kernels(), name)
+        monkeypatch.setattr(fused._kernels(), name,
+                            lambda *a, _real=real, _name=name: calls.update({_name: calls.get(_name, 0) + 1}) or _real(*a))
+    model = build_model(TINY_INFINITETALK, device=kernels, dtype=dtype, seed=2).eval()
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g).to(kernels)   # noqa: E731
     a = TINY_INFINITETALK.audio
@@ -94,4 +102,6 @@ def test_model_forward_same_with_fused_switch(kernels):
     with torch.no_grad():
         on = model(*args, **kw)
         off = _reference(lambda: model(*args, **kw))
-    _close(on, off, torch.float32)
+    n = TINY_INFINITETALK.num_layers
+    assert calls == {"ln_modulate": 2 * n, "gated_residual": 2 * n, "rms_rope": 2 * n}, calls
+    _close(on, off, dtype)

@@ -221,7 +221,9 @@ class WanModel(nn.Module):
             )
         h = self.patch_embedding(x.to(_float_dtype(self.patch_embedding, dt)))
         grid = tuple(h.shape[2:])
-        return h.flatten(2).transpose(1, 2).to(dt), grid
+        # Contiguous [B, L, dim]: a transposed view would stay transposed through every element-wise op of the
+        # residual stream and make each LayerNorm / Linear copy it (about 1 s per 14B batch-3 forward).
+        return h.flatten(2).transpose(1, 2).to(dt).contiguous(), grid
 
     def _unpatchify(self, out: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, F*h*w, pt*ph*pw*C] -> [B, C, F*pt, h*ph, w*pw] (patch channels ordered pt, ph, pw, C)."""
