@@ -161,21 +161,27 @@ def bench_attention(lengths, with_fp4_time=False, ref_check=True):
 
 
 def tune_attention(n=37800):
+    """Tile configs of the INT8 attention kernels at one length: ms, TF/s and error on both input kinds.
+    Config = (BM, BN, warps, stages, prefetch, warp_specialize)."""
     from wanfp4.attention import triton_sageattn as T
-    q, k, v = _attn_inputs("iid", n)
+    inputs = {kind: _attn_inputs(kind, n) for kind in ("iid", "biased_k")}
+    exact = {kind: exact_heads(*inputs[kind]) for kind in inputs}
     flops = 4 * 40 * n * n * 128
-    candidates = {True: [(128, 128, 8, 3, True), (256, 64, 8, 3, True), (128, 128, 8, 4, True), (128, 64, 8, 2, True),
-                         (256, 128, 8, 2, True)],
-                  False: [(128, 64, 4, 3), (256, 64, 8, 3), (256, 64, 8, 2), (128, 64, 4, 2), (128, 32, 4, 3),
-                          (64, 64, 4, 3), (256, 64, 8, 3, True)]}
+    candidates = {True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
+                         (128, 64, 8, 3, True, False), (128, 128, 8, 3, True, True)],
+                  False: [(128, 64, 4, 3, False, False), (128, 128, 8, 3, True, False), (128, 64, 8, 3, True, False),
+                          (128, 128, 8, 3, False, False)]}
     for pv_fp8 in (True, False):
-        for cfg, tma in [(c, True) for c in candidates[pv_fp8]]:
-            if True:
-                try:
-                    ms = _bench(lambda: T._int8_attention(q, k, v, pv_fp8, config=cfg, use_tma=tma), 40)
-                    print(f"tune pv_fp8={pv_fp8} cfg={cfg} tma={tma}: {ms:.2f} ms {flops / ms / 1e9:.0f} TF/s", flush=True)
-                except Exception as err:  # noqa: BLE001
-                    print(f"tune pv_fp8={pv_fp8} cfg={cfg} tma={tma}: FAILED {type(err).__name__}: {str(err)[:200]}")
+        for cfg in candidates[pv_fp8]:
+            try:
+                fn = lambda q, k, v: T._int8_attention(q, k, v, pv_fp8, config=cfg)   # noqa: E731
+                errs = {kind: rel(fn(*inputs[kind])[:, :, :4], exact[kind]) for kind in inputs}
+                q, k, v = inputs["iid"]
+                ms = _bench(lambda: fn(q, k, v), 40)
+                print(f"tune pv_fp8={pv_fp8} cfg={cfg}: {ms:.2f} ms {flops / ms / 1e9:.0f} TF/s "
+                      f"err iid {errs['iid']:.4f} biased_k {errs['biased_k']:.4f}", flush=True)
+            except Exception as err:  # noqa: BLE001 - one failing config must not hide the others
+                print(f"tune pv_fp8={pv_fp8} cfg={cfg}: FAILED {type(err).__name__}: {str(err)[:200]}", flush=True)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -258,7 +264,7 @@ DIT_MODES = {   # quantization mode -> attention modes timed with it
 
 
 def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda",
-              fused_variants: tuple[bool, ...] = (False,)) -> None:
+              fused_variants: tuple[bool, ...] = (False,), modes: dict | None = None, peer: bool = True) -> None:
     """One batch-1 DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every
     mode) per (quantization, attention) mode; ratio against bf16 + SDPA, error = relative difference
     of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer. fused_variants: time each
@@ -276,7 +282,7 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
     shape = f"{width}x{height}x{frames}f ({(frames - 1) // 4 + 1} x {height // 16} x {width // 16} tokens)"
     args, kw = dit_inputs(cfg, 1, width, height, frames, device, dtype)
     base = ref = None
-    for mode, attns in DIT_MODES.items():
+    for mode, attns in (modes or DIT_MODES).items():
         try:
             model = build_dit(mode, device, dtype, tiny)
         except Exception as err:  # noqa: BLE001
@@ -304,6 +310,8 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
         del model
         gc.collect()
         torch.cuda.empty_cache()
+    if not peer:
+        return
     try:
         d = time_diffusers_forward(cfg, width, height, frames, device, iters, dtype)
         _row(group="dit", mode=f"diffusers {d['version']} WanTransformer3DModel bf16 (SDPA)", shape=shape,
@@ -337,6 +345,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dit", action="store_true", help="full 14B DiT forward per mode at the seed shape")
     ap.add_argument("--dit-size", type=int, nargs=3, default=[640, 720, 81], metavar=("W", "H", "FRAMES"))
     ap.add_argument("--fused", action="store_true", help="--dit: also time each mode with the fused element-wise kernels")
+    ap.add_argument("--dit-modes", nargs="+", metavar="QUANT:ATTN",
+                    help="--dit: only these (quantization, attention) pairs; the first one is the reference")
+    ap.add_argument("--no-peer", action="store_true", help="--dit: skip diffusers' forward")
     ap.add_argument("--md", help="write the table as markdown here")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -352,7 +363,13 @@ def main(argv=None) -> int:
     if a.attn or not (a.linear or a.tune or a.dit):
         bench_attention(a.lengths, with_fp4_time=a.fp4_time)
     if a.dit:
-        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (False,))
+        modes = None
+        if a.dit_modes:
+            modes = {}
+            for pair in a.dit_modes:
+                quant, _, attn = pair.partition(":")
+                modes[quant] = modes.get(quant, ()) + (attn,)
+        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (False,), modes=modes, peer=not a.no_peer)
     if a.linear or not (a.attn or a.tune or a.dit):
         shapes = [(m, k, n) for m in (37800, 512) for k, n in ((5120, 5120), (5120, 13824), (13824, 5120))]
         bench_linear(shapes)

@@ -55,6 +55,24 @@ def test_int8_attention_matches_reference(mode, kind, lq, lk, d, dtype):
     assert err < ref_err * 1.15 + 2e-3, (err, ref_err)
 
 
+@pytest.mark.parametrize("pv_fp8", [True, False])
+@pytest.mark.parametrize("kind,lq,lk,d", CASES[1:4])
+@pytest.mark.parametrize("prefetch", [True, False])
+def test_int8_attention_both_loops_and_tiles(pv_fp8, kind, lq, lk, d, prefetch):
+    """Both loops the tuner may pick (with/without the prefetched Q.K) stay within the mode's error of
+    exact attention, ragged tails included, and agree with each other."""
+    if pv_fp8 and SM < 89:
+        pytest.skip("fp8 P.V needs sm_89+")
+    q, k, v = _inputs(kind, lq, lk, 3, d, torch.bfloat16, seed=5)
+    mode = "sageattn_3_fp8" if pv_fp8 else "sageattn_3"
+    ref_err = R.relative_error(R.REFERENCES[mode](q, k, v), R.exact_attention(q, k, v))
+    outs = [T._int8_attention(q, k, v, pv_fp8, config=(128, bn, 4, 3, prefetch)) for bn in (64, 128)]
+    for out in outs:
+        assert R.relative_error(out, R.exact_attention(q, k, v)) < ref_err * 1.15 + 2e-3
+    # Same logits; the tile width only changes where the running max moves (e4m3 rounding of P).
+    assert R.relative_error(outs[1], outs[0]) < (0.5 if pv_fp8 else 0.05) * ref_err + 1e-3
+
+
 def test_int8_attention_needs_k_smoothing():
     """Biased K: the kernel error is the smoothed reference's, far below the unsmoothed one."""
     q, k, v = _inputs("biased_k", 700, 700, 2, 128, torch.bfloat16, seed=3)
