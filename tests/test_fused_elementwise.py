@@ -69,6 +69,21 @@ def test_modulate_and_gated_residual(kernels, dt, b, l, n, mod_b):
 
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("b,l,n", [(1, 7, 96), (3, 5, 80)])
+def test_affine_layer_norm_and_rms_norm(kernels, dt, b, l, n):
+    g = torch.Generator().manual_seed(n)
+    x = (torch.randn(b, l, n, generator=g) * 2 + 0.5).to(kernels, dt)
+    ln, rms = layer_norm(n, 1e-6, affine=True).to(kernels), RMSNorm(n).to(kernels)
+    with torch.no_grad():
+        for w in (ln.weight, ln.bias, rms.weight):
+            w.copy_(1 + 0.5 * torch.randn(n, generator=g))
+    _close(fused.layer_norm(ln, x, dt), _reference(fused.layer_norm, ln, x, dt), dt)
+    _close(fused.rms_norm(rms, x, dt), _reference(fused.rms_norm, rms, x, dt), dt)
+    ident = torch.nn.Identity()
+    assert torch.equal(fused.layer_norm(ident, x, dt), x) and torch.equal(fused.rms_norm(ident, x, dt), x)
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("b,grid,heads,head_dim", [(1, (2, 3, 4), 2, 16), (3, (1, 2, 3), 3, 12)])
 def test_rms_rope(kernels, dt, b, grid, heads, head_dim):
     g = torch.Generator().manual_seed(heads)
@@ -102,6 +117,8 @@ def test_model_forward_same_with_fused_switch(kernels, monkeypatch, dtype):
     with torch.no_grad():
         on = model(*args, **kw)
         off = _reference(lambda: model(*args, **kw))
-    n = TINY_INFINITETALK.num_layers
-    assert calls == {"ln_modulate": 2 * n, "gated_residual": 2 * n, "rms_rope": 2 * n}, calls
+    c = TINY_INFINITETALK
+    assert c.cross_attn_norm and c.qk_norm and c.audio is not None
+    n = c.num_layers   # per block: norm1, norm2, norm3, norm_x; 2 residuals; self q, k and cross q
+    assert calls == {"ln_modulate": 4 * n, "gated_residual": 2 * n, "rms_rope": 3 * n}, calls
     _close(on, off, dtype)

@@ -88,7 +88,7 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, inp: BlockInputs) -> torch.Tensor:
         dt = x.dtype
-        q = self._heads(self.norm_q(self.q(x)).to(dt))
+        q = self._heads(fused.rms_norm(self.norm_q, self.q(x), dt))
         k = self._heads(self.norm_k(self.k(inp.context)).to(dt))
         out = attention(q, k, self._heads(self.v(inp.context)), inp.modes["cross"])
         if self.has_image:
@@ -127,13 +127,14 @@ class WanBlock(nn.Module):
         y, q, k = self.self_attn(fused.modulate(self.norm1, x, scale_sa, shift_sa, dt), inp)
         x = fused.gated_residual(x, y, gate_sa)
 
-        x = x + self.cross_attn(self.norm3(x).to(dt), inp).to(dt)
+        x = x + self.cross_attn(fused.layer_norm(self.norm3, x, dt), inp).to(dt)
 
         if self.has_audio and inp.audio is not None:
             ref_map = None
             if inp.speakers > 1:
                 ref_map = speaker_reference_map(q, k, inp.speaker_masks, inp.grid)
-            y = self.audio_cross_attn(self.norm_x(x).to(dt), inp.audio, inp.grid, inp.modes["audio"], ref_map)
+            y = self.audio_cross_attn(fused.layer_norm(self.norm_x, x, dt), inp.audio, inp.grid, inp.modes["audio"],
+                                      ref_map)
             x = x + (y * inp.audio_scale if inp.audio_scale != 1.0 else y).to(dt)
 
         y = self.ffn(fused.modulate(self.norm2, x, scale_ff, shift_ff, dt))

@@ -55,6 +55,24 @@ def modulate(norm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dt
     return (norm(x) * (1 + scale) + shift).to(dt)
 
 
+def layer_norm(norm, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """norm(x) cast to dt, for the affine FP32LayerNorms (norm3, norm_x): ln_modulate with
+    scale = weight - 1 and shift = bias. Other norms (nn.Identity when the config has none) run as is."""
+    if _use(x) and getattr(norm, "elementwise_affine", False) and norm.bias is not None and x.dim() == 3:
+        out = torch.empty(x.shape, dtype=dt, device=x.device)
+        scale, shift = (norm.weight.float() - 1)[None], norm.bias.float()[None]
+        return _kernels().ln_modulate(x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+    return norm(x).to(dt)
+
+
+def rms_norm(norm, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
+    """norm(x) cast to dt for a q/k RMSNorm without RoPE (cross-attention); nn.Identity runs as is."""
+    if _use(x) and hasattr(norm, "eps") and x.dim() == 3 and x.shape[-1] % 2 == 0:
+        out = torch.empty(x.shape, dtype=dt, device=x.device)
+        return _kernels().rms_rope(x, norm.weight, None, None, norm.eps, out)
+    return norm(x).to(dt)
+
+
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate in fp32, cast back to x's dtype (the residual stream)."""
     if _use(x, y) and x.dim() == 3 and x.shape == y.shape:

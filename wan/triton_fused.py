@@ -6,6 +6,8 @@ each a full pass over tokens x 5120 activations. These kernels do the same fp32 
 - ln_modulate:    LayerNorm(x) * (1 + scale[b]) + shift[b]           -> activation dtype
 - gated_residual: x + y * gate[b]  (in fp32)                         -> activation dtype
 - rms_rope:       RMSNorm(x) * w, then interleaved-pair rotation     -> activation dtype
+                  (ROPE=False: RMSNorm only, for cross-attention queries)
+An affine LayerNorm is ln_modulate with scale = weight - 1 and shift = bias (wan/fused.py).
 Dispatch and the PyTorch reference path are in wan/fused.py.
 """
 from __future__ import annotations
@@ -43,7 +45,7 @@ def _gated_residual_kernel(X, Y, GATE, OUT, N, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _rms_rope_kernel(X, W, COS, SIN, OUT, N, L, HALF_HEAD, eps, BLOCK: tl.constexpr):
+def _rms_rope_kernel(X, W, COS, SIN, OUT, N, L, HALF_HEAD, eps, BLOCK: tl.constexpr, ROPE: tl.constexpr = True):
     row = tl.program_id(0)
     pos = row % L
     p = tl.arange(0, BLOCK)                     # pair index within the row: elements 2p, 2p+1
@@ -53,11 +55,13 @@ def _rms_rope_kernel(X, W, COS, SIN, OUT, N, L, HALF_HEAD, eps, BLOCK: tl.conste
     rstd = 1.0 / tl.sqrt((tl.sum(xe * xe, 0) + tl.sum(xo * xo, 0)) / N + eps)
     xe = xe * rstd * tl.load(W + 2 * p, mask=m, other=0.0).to(tl.float32)
     xo = xo * rstd * tl.load(W + 2 * p + 1, mask=m, other=0.0).to(tl.float32)
-    j = p % HALF_HEAD
-    c = tl.load(COS + pos * HALF_HEAD + j, mask=m, other=0.0)
-    s = tl.load(SIN + pos * HALF_HEAD + j, mask=m, other=0.0)
-    tl.store(OUT + row * N + 2 * p, (xe * c - xo * s).to(OUT.dtype.element_ty), mask=m)
-    tl.store(OUT + row * N + 2 * p + 1, (xo * c + xe * s).to(OUT.dtype.element_ty), mask=m)
+    if ROPE:
+        j = p % HALF_HEAD
+        c = tl.load(COS + pos * HALF_HEAD + j, mask=m, other=0.0)
+        s = tl.load(SIN + pos * HALF_HEAD + j, mask=m, other=0.0)
+        xe, xo = xe * c - xo * s, xo * c + xe * s
+    tl.store(OUT + row * N + 2 * p, xe.to(OUT.dtype.element_ty), mask=m)
+    tl.store(OUT + row * N + 2 * p + 1, xo.to(OUT.dtype.element_ty), mask=m)
 
 
 def _warps(block: int) -> int:
@@ -81,9 +85,10 @@ def gated_residual(x, y, gate, out):
 
 
 def rms_rope(x, weight, cos, sin, eps, out):
-    """x [B, L, N] (contiguous), weight [N], cos/sin [L, head_dim/2] fp32 -> out [B, L, N]."""
+    """x [B, L, N] (contiguous), weight [N], cos/sin [L, head_dim/2] fp32 (None: no rotation) -> out [B, L, N]."""
     b, l, n = x.shape
     block = triton.next_power_of_2(n // 2)
-    _rms_rope_kernel[(b * l,)](x, weight, cos, sin, out, n, l, cos.shape[-1], eps, BLOCK=block,
-                               num_warps=_warps(block))
+    rope = cos is not None
+    _rms_rope_kernel[(b * l,)](x, weight, cos if rope else weight, sin if rope else weight, out, n, l,
+                               cos.shape[-1] if rope else 1, eps, BLOCK=block, ROPE=rope, num_warps=_warps(block))
     return out
