@@ -11,7 +11,9 @@ Accepted files (layout detected from key names, sizes from shapes):
 Output per prompt, like Wan: the encoder states trimmed to the prompt's true token count (eos
 included), zero-padded to `text_len` (512). Storage `fp8_e4m3fn` keeps every block Linear in fp8
 (QuantLinear, upcast per layer), roughly halving memory. The 1-billion-parameter vocabulary
-table always stays on the CPU: only the rows a prompt uses travel to the GPU.
+table always stays on the CPU: only the rows a prompt uses travel to the GPU. `encode(..., stream=True)`
+keeps the blocks on the host too and brings one block at a time to the GPU (the hardware plan decides,
+wan/hw_tuning.py), with the same result as the resident path.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch.nn as nn
 
 from ..log import info, load, warn
 from .checkpoint_reader import find_prefix, open_checkpoint, shapes_of
-from .residency import HostResidency
+from .residency import HostResidency, StreamedBlocks
 from .safetensors_io import ModelFileError
 from .t5_tokenizer import SPIECE_TENSOR, T5Tokenizer, find_tokenizer
 
@@ -214,10 +216,26 @@ class TextEncoder:
         self.model, self.tokenizer = model.eval(), tokenizer
         self.device, self.dtype, self.precision, self.source = torch.device(device), dtype, precision, source
         self._residency = HostResidency(self._body())
+        self._streamed: StreamedBlocks | None = None     # made on the first streamed encode
+        self.streaming = "auto"      # auto | on | off: what services.encode_text asks the plan for
 
     @property
     def dim(self) -> int:
         return self.model.config.d_model
+
+    def sizes(self) -> dict:
+        """Bytes of the parts that travel: all blocks, the largest block, the final norm (for the plan)."""
+        def nbytes(m: nn.Module) -> int:
+            return sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))
+
+        blocks = [nbytes(b) for b in self.model.encoder.block]
+        return {"blocks": sum(blocks), "largest_block": max(blocks, default=0),
+                "norm": nbytes(self.model.encoder.final_layer_norm), "layers": len(blocks)}
+
+    @property
+    def on_device(self) -> bool:
+        """Whether the blocks sit on the (non-CPU) compute device now: a kept, resident encoder."""
+        return self.device.type != "cpu" and self._residency.device == self.device
 
     def _body(self) -> list[nn.Module]:
         return [self.model.encoder.block, self.model.encoder.final_layer_norm]
@@ -248,8 +266,12 @@ class TextEncoder:
         return ids
 
     @torch.no_grad()
-    def encode(self, prompts: list[str], text_len: int = TEXT_LEN) -> tuple[torch.Tensor, list[int]]:
-        """All prompts in one batch (e.g. [positive, negative]) -> ([B, text_len, dim], true lengths)."""
+    def encode(self, prompts: list[str], text_len: int = TEXT_LEN, stream: bool = False
+               ) -> tuple[torch.Tensor, list[int]]:
+        """All prompts in one batch (e.g. [positive, negative]) -> ([B, text_len, dim], true lengths).
+
+        stream=True: the blocks stay on the host and visit the device one at a time (a resident
+        encoder, already on the device, just runs there)."""
         ids = self.tokenize(prompts, text_len)
         lengths = [len(r) for r in ids]
         b, longest = len(ids), max(lengths)
@@ -258,14 +280,31 @@ class TextEncoder:
         for i, row in enumerate(ids):
             input_ids[i, : len(row)] = torch.tensor(row)
             mask[i, : len(row)] = 1
-        self.to(self.device)
-        emb = self.model.shared(input_ids.to(self.model.shared.weight.device))
-        hidden = self.model(inputs_embeds=emb.to(self.device, self.dtype), attention_mask=mask.to(self.device))
-        states = hidden.last_hidden_state
+        emb = self.model.shared(input_ids.to(self.model.shared.weight.device)).to(self.device, self.dtype)
+        if stream and not self.on_device:
+            states = self._run_streamed(emb, mask)
+        else:
+            self.to(self.device)
+            states = self.model(inputs_embeds=emb, attention_mask=mask.to(self.device)).last_hidden_state
         out = states.new_zeros((b, text_len, states.shape[-1]))
         for i, n in enumerate(lengths):
             out[i, :n] = states[i, :n]
         return out, lengths
+
+    def _run_streamed(self, emb: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The encoder forward with one block on the device at a time (the final norm, 8 KB, stays
+        there for the call). The body first goes to its kept host tensors, which the blocks re-bind."""
+        self._residency.to("cpu")
+        if self._streamed is None:
+            self._streamed = StreamedBlocks(list(self.model.encoder.block))
+        norm = HostResidency([self.model.encoder.final_layer_norm])
+        norm.to(self.device)
+        try:
+            with self._streamed.streaming(self.device):
+                out = self.model(inputs_embeds=emb, attention_mask=mask.to(self.device)).last_hidden_state
+        finally:
+            norm.to("cpu")
+        return out
 
 
 def load_text_encoder(path: str, precision: str = "bf16", device=None, tokenizer_path: str | None = None,
