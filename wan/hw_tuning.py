@@ -1,5 +1,6 @@
 """Auto hardware tuning: predict the VRAM peak of a run and pick blocks_to_swap, the quantization /
-attention / batched-CFG fallbacks, VAE tiling and encoder residency so it stays under a threshold.
+attention / batched-CFG fallbacks, VAE tiling and encoder residency (umT5 whole on the GPU or streamed one
+block at a time) so every stage of the run stays under a threshold.
 
 `plan_memory` is a pure function of a `GpuInfo` (real: `detect_gpu`, or simulated presets) and the run
 settings, so every decision is testable on CPU. Byte counts of weights are exact (quant storage layouts);
@@ -47,6 +48,13 @@ HOST_RAM_USABLE = 0.8                             # share of RAM swapped weights
 # wav2vec2-base fp32, MelBand RoFormer fp32.
 ENCODER_BYTES = {"t5": 11_400_000_000, "clip_vision": 1_260_000_000, "wav2vec2": 380_000_000,
                  "vocals": 900_000_000}
+# Wan VAE encode (kernels_quant_perf.md §2.4 via wan/vae_tiling.py): 8.6 KB per input pixel untiled, ~0.5 GiB tiled.
+VAE_ENCODE_PER_PIXEL = 8_600
+VAE_ENCODE_TILED_BYTES = 540_000_000
+# umT5-XXL streamed (wan/residency.py StreamedBlocks): one bf16 block (exact: 192.9 M parameters) on the GPU
+# at a time, plus the activations of a [2 prompts x 512 tokens] call (t5_activation_bytes).
+T5_XXL = dict(d_model=4096, inner=4096, heads=64, d_ff=10240)
+T5_BLOCK_BYTES = 385_896_448
 
 
 # ----------------------------------------------------------------------------- GPU description
@@ -167,6 +175,67 @@ def activation_bytes(config, tokens: int, batch: int, attention_mode: str = "sdp
     return int(peak * k + ctx * k)
 
 
+def t5_activation_bytes(batch: int = 2, tokens: int = 512, d_model: int = 4096, inner: int = 4096, heads: int = 64,
+                        d_ff: int = 10240, act_bytes: int = 2) -> int:
+    """Peak bytes alive in one umT5 block call (transformers' UMT5Block, eager attention), the larger of
+    two phases: attention (scores with the position bias and their fp32 softmax, ~6 bytes per element
+    of B*H*L*L in bf16; q/k/v) and the gated FFN (wi_0, GELU, wi_1, product: ~10 bytes per element of
+    B*L*d_ff), plus the hidden states (~6 bytes per element, T5LayerNorm's fp32 copy included).
+    tests/test_text_encoder_stream.py checks it against tracked block calls (1.0-1.3x over)."""
+    k = act_bytes / 2
+    attention = batch * heads * tokens * tokens * (4 + 2 * k) + 3 * batch * tokens * inner * 2 * k
+    ffn = batch * tokens * d_ff * 10 * k
+    return int(max(attention, ffn) + batch * tokens * d_model * (4 + 2 * k))
+
+
+def t5_streamed_bytes(block_bytes: int = T5_BLOCK_BYTES, batch: int = 2, tokens: int = 512, text_len: int = 512,
+                      act_bytes: int = 2, **dims) -> int:
+    """GPU bytes of a streamed umT5 encode: the largest block, its activations, the prompts' embedding
+    rows in and the padded states out."""
+    d = dims.get("d_model", T5_XXL["d_model"])
+    io = batch * (tokens + text_len) * d * act_bytes
+    return block_bytes + t5_activation_bytes(batch, tokens, act_bytes=act_bytes, **(dims or T5_XXL)) + io
+
+
+def decide_t5_streaming(streaming: str, base: int, whole: int, streamed: int, limit: int) -> tuple[bool, str]:
+    """(stream?, why): umT5 whole on the GPU for the encode when it fits next to `base` (what is already
+    there) under `limit` with the CUDA context; otherwise one block at a time. "on"/"off" force it."""
+    if streaming not in ("auto", "on", "off"):
+        raise ValueError(f"t5_streaming: must be 'auto', 'on' or 'off', got {streaming!r}")
+    if streaming != "auto":
+        return streaming == "on", f"{'streamed' if streaming == 'on' else 'whole on the GPU'} as requested"
+    if base + whole + CUDA_CONTEXT_BYTES <= limit:
+        return False, "whole on the GPU for the encode: it fits"
+    return True, (f"streamed one block at a time ({streamed / GiB:.1f} GiB on the GPU): whole "
+                  f"({whole / GiB:.1f} GiB) does not fit next to {base / GiB:.1f} GiB already there")
+
+
+def text_encoder_streams(encoder, streaming: str = "auto", gpu: GpuInfo | None = None) -> tuple[bool, str]:
+    """The umT5 decision when no whole-run plan made it (the text encode node): whole on the GPU when
+    its blocks and activations fit in the VRAM free now (the allocator's cached free blocks count),
+    else streamed. On a CPU nothing moves: whole."""
+    dev = torch.device(encoder.device)
+    if streaming == "auto" and (dev.type != "cuda" or getattr(encoder, "on_device", False)):
+        return False, "whole: on the CPU or already on the GPU"
+    c, sz = encoder.model.config, encoder.sizes()
+    dims = dict(d_model=c.d_model, inner=c.num_heads * c.d_kv, heads=c.num_heads, d_ff=c.d_ff)
+    item = torch.empty((), dtype=encoder.dtype).element_size()
+    streamed = t5_streamed_bytes(sz["largest_block"] + sz["norm"], act_bytes=item, **dims)
+    whole = sz["blocks"] + sz["norm"] + streamed - sz["largest_block"]
+    if streaming != "auto":
+        return decide_t5_streaming(streaming, 0, whole, streamed, 0)
+    gpu = gpu or detect_gpu(dev)
+    cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev) if torch.cuda.is_available() else 0
+    # the CUDA context already exists (free VRAM excludes it): give back the margin decide_t5_streaming adds
+    return decide_t5_streaming("auto", 0, whole, streamed, (gpu.free_bytes or 0) + cached + CUDA_CONTEXT_BYTES)
+
+
+def vae_encode_bytes(width: int, height: int, frames: int, tiled: bool) -> int:
+    """Working set of VAE-encoding one window's conditioning video (weights excluded) plus that video in bf16."""
+    work = VAE_ENCODE_TILED_BYTES if tiled else VAE_ENCODE_PER_PIXEL * width * height
+    return work + 3 * frames * width * height * 2
+
+
 def vae_peak_bytes(width: int, height: int, frames: int, tiled: bool) -> int:
     """Working set of decoding one window (weights excluded): per-pixel chunked decode or fixed tiles,
     plus the decoded video in bf16 and its fp32 copy (pipeline._from_video)."""
@@ -204,6 +273,10 @@ class Plan:
     predicted_peak: int = 0
     host_bytes: int = 0
     pinned_bytes: int = 0
+    t5_streamed: bool = False        # umT5 visits the GPU one block at a time for the encode
+    t5_bytes: int = 0                # its GPU bytes during the encode (whole or streamed; 0: not planned)
+    stage_peaks: dict = field(default_factory=dict)   # predicted peak per stage: t5, clip, audio, vae_encode, ...
+    whole_run_peak: int = 0          # the largest of stage_peaks
     reasons: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -225,9 +298,12 @@ def plan_memory(gpu: GpuInfo, model_config, quant_mode: str, attention_mode: str
                 frames: int, blocks_to_swap: int = 0, threshold: float = 0.5, *, auto: bool = True,
                 dtype: torch.dtype = torch.bfloat16, cfg_branches: int = 3, batch_cfg: bool = True,
                 offload_embeddings: bool = False, vae_tiling: str = "auto", attention_reference: bool = False,
-                encoder_bytes: dict | None = None, window: int = 81, prefetch: int = 1) -> Plan:
+                encoder_bytes: dict | None = None, window: int = 81, prefetch: int = 1,
+                t5_streaming: str = "auto", t5_stream_bytes: int | None = None) -> Plan:
     """Predict the peak and choose the settings (see module doc). With auto=False the user's settings are
-    kept and the plan only reports the prediction. quant_mode may be "auto"."""
+    kept and the plan only reports the prediction. quant_mode may be "auto". encoder_bytes: what each
+    encoder holds on the GPU while it runs (a "t5" entry: the T5 encode is planned too, whole or streamed
+    per t5_streaming auto/on/off; t5_stream_bytes: its streamed share, default umT5-XXL in bf16)."""
     if not 0 < threshold <= 1:
         raise ValueError(f"vram_threshold: must be in (0, 1] (a share of total VRAM), got {threshold}")
     if width % 16 or height % 16 or width <= 0 or height <= 0:
@@ -319,20 +395,48 @@ def plan_memory(gpu: GpuInfo, model_config, quant_mode: str, attention_mode: str
     tiles = {"on": [True], "off": [False], "auto": [False, True]}.get(vae_tiling)
     if tiles is None:
         raise ValueError(f"vae_tiling: must be 'auto', 'on' or 'off', got {vae_tiling!r}")
+    enc_work = {t: vae_encode_bytes(width, height, win_frames, t) for t in (False, True)}  # the DiT stays for it
     leaves, use_tiles = False, tiles[-1]
     for t in tiles:
-        if resident + (tiled if t else untiled) <= free_for_vae:
+        if resident + max(tiled if t else untiled, enc_work[t]) <= free_for_vae:
             use_tiles = t
             break
     else:
         leaves = True   # the DiT leaves VRAM for the decode
-        use_tiles = next((t for t in tiles if (tiled if t else untiled) <= free_for_vae), tiles[-1])
-        fits = fits and (tiled if use_tiles else untiled) <= free_for_vae
+        alone = [t for t in tiles
+                 if (tiled if t else untiled) <= free_for_vae and resident + enc_work[t] <= free_for_vae]
+        use_tiles = alone[0] if alone else tiles[-1]
+        fits = fits and bool(alone)
     vae_work = tiled if use_tiles else untiled
     decode_peak = (0 if leaves else resident) + VAE_WEIGHT_BYTES + vae_work
-    enc_total = sum(enc.values())
-    keep_enc = max(sampling, decode_peak) + enc_total + CUDA_CONTEXT_BYTES <= limit
+    encode_peak = resident + VAE_WEIGHT_BYTES + enc_work[use_tiles]
+
+    # ---- umT5: whole or streamed for its encode (only when the plan is made before the encoders run)
+    t5_whole = enc.pop("t5", None)
+    stream_t5, t5_bytes = False, 0
+    small = enc.get("wav2vec2", 0)          # wav2vec2 stays on the GPU once loaded (it is small)
+    if t5_whole is not None:
+        streamed = t5_streamed_bytes() if t5_stream_bytes is None else t5_stream_bytes
+        stream_t5, reasons["t5"] = decide_t5_streaming(t5_streaming, resident + VAE_WEIGHT_BYTES + small,
+                                                       t5_whole, streamed, limit)
+        t5_bytes = streamed if stream_t5 else t5_whole
+        if not stream_t5:
+            enc["t5"] = t5_whole            # a whole encoder may stay on the GPU below
+    # CLIP always leaves before sampling (the sampler re-encodes the resized image, then offloads it)
+    enc_total = sum(v for k, v in enc.items() if k != "clip_vision")
+    keep_enc = max(sampling, decode_peak, encode_peak) + enc_total + CUDA_CONTEXT_BYTES <= limit
     enc_kept = enc_total if keep_enc else 0
+    stages = {}
+    base = resident + VAE_WEIGHT_BYTES
+    if t5_whole is not None:
+        stages["t5"] = base + small + t5_bytes
+    if "clip_vision" in enc:                # CLIP stays on the GPU until the sampler re-encodes the image
+        stages["clip"] = base + small + enc["clip_vision"]
+    if "wav2vec2" in enc:
+        stages["audio"] = base + small + enc.get("clip_vision", 0)
+    stages.update(vae_encode=encode_peak + enc_kept, sampling=sampling + enc_kept, vae_decode=decode_peak + enc_kept)
+    whole_run = max(stages.values())
+    fits = fits and whole_run + CUDA_CONTEXT_BYTES <= limit
     reasons["vae"] = ("tiling on as requested" if vae_tiling == "on" else "tiling off as requested"
                       if vae_tiling == "off" else "tiling: untiled decode does not fit" if use_tiles else
                       "untiled decode fits")
@@ -342,8 +446,10 @@ def plan_memory(gpu: GpuInfo, model_config, quant_mode: str, attention_mode: str
                 dit_leaves_for_decode=leaves, keep_encoders=keep_enc, fits=fits, batch=est["batch"],
                 weights_resident=resident, slot_bytes=est["slots"], activations=est["act"],
                 vae_bytes=VAE_WEIGHT_BYTES + vae_work, encoder_bytes=enc_kept, sampling_peak=sampling + enc_kept,
-                decode_peak=decode_peak + enc_kept, predicted_peak=max(sampling, decode_peak) + enc_kept,
-                host_bytes=est["host"], reasons=reasons, **common)
+                decode_peak=decode_peak + enc_kept,
+                predicted_peak=max(stages["vae_encode"], stages["sampling"], stages["vae_decode"]),
+                host_bytes=est["host"], t5_streamed=stream_t5, t5_bytes=t5_bytes, stage_peaks=stages,
+                whole_run_peak=whole_run, reasons=reasons, **common)
     pin_cap = None if gpu.ram_bytes is None else DEFAULT_PIN_FRACTION * gpu.ram_bytes
     plan.pinned_bytes = int(plan.host_bytes if pin_cap is None else min(plan.host_bytes, pin_cap))
     if plan.host_bytes > plan.pinned_bytes:
@@ -373,7 +479,15 @@ def format_plan(plan: Plan) -> str:
         f"{g(plan.host_bytes)}, pinned {g(plan.pinned_bytes)}",
         f"  VAE: {r.get('vae')}; DiT {'leaves VRAM for the decode' if plan.dit_leaves_for_decode else 'stays on the GPU during decode'}",
         f"  encoders: {r.get('encoders')}",
-        f"  predicted peak: {g(plan.predicted_peak)} (weights {g(plan.weights_resident)}, activations "
+    ]
+    if "t5" in r:
+        lines.append(f"  umT5 encode: {r['t5']}; {g(plan.t5_bytes)} on the GPU for it")
+    names = {"t5": "T5", "clip": "CLIP", "audio": "audio", "vae_encode": "VAE encode", "sampling": "sampling",
+             "vae_decode": "VAE decode"}
+    lines += [
+        "  per stage: " + ", ".join(f"{names.get(k, k)} {g(v)}" for k, v in plan.stage_peaks.items()),
+        f"  predicted peak: {g(plan.whole_run_peak)} over the run, {g(plan.predicted_peak)} from the sampler on "
+        f"(weights {g(plan.weights_resident)}, activations "
         f"{g(plan.activations)}, VAE {g(plan.vae_bytes)}, encoders {g(plan.encoder_bytes)}) + CUDA context "
         f"{g(CUDA_CONTEXT_BYTES)} vs limit {g(plan.limit_bytes)} ({plan.threshold:.0%} of VRAM): "
         f"{'fits' if plan.fits else 'DOES NOT FIT'}",

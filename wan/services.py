@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..log import info, warn
-from .hw_tuning import log_measured_peak, oom_guard
+from .hw_tuning import measured_vs_predicted, oom_guard
 from .model_cache import MODEL_CACHE, make_key
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -145,9 +145,17 @@ def load_audio_encoder(path: str, device=None):
 
 
 # ----------------------------------------------------------------------------- encodes
-def encode_text(text_encoder, positive: str, negative: str, offload: bool = True) -> dict:
+def encode_text(text_encoder, positive: str, negative: str, offload: bool = True, stream: bool | None = None) -> dict:
+    """Both prompts in one call. stream: umT5 one block at a time on the GPU (None: the encoder's
+    `streaming` setting, "auto" = whole when it fits in the free VRAM, hw_tuning.text_encoder_streams)."""
+    from .hw_tuning import text_encoder_streams
+
+    if stream is None:
+        stream, why = text_encoder_streams(text_encoder, getattr(text_encoder, "streaming", "auto"))
+        if stream:
+            info(f"umT5 text encoder: {why}")
     with torch.no_grad():
-        feats, lengths = text_encoder.encode([positive, negative])
+        feats, lengths = text_encoder.encode([positive, negative], stream=stream)
     if offload:
         text_encoder.offload()
     return {"positive": feats[0:1].cpu(), "negative": feats[1:2].cpu(), "lengths": list(lengths)}
@@ -243,9 +251,11 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
                      width: int, height: int, frames: int, fps: float, steps: int, cfg: float, audio_cfg: float,
                      shift: float, scheduler: str, denoise: float, seed: int, motion_frames: int,
                      color_correction: float, device=None, on_step=None, check_interrupt=None,
-                     report: dict | None = None):
+                     report: dict | None = None, measured_peak=None):
     """Validate the settings, run the streaming sampler, return (IMAGE frames, AUDIO trimmed to the video).
-    `report` (optional dict) receives the per-stage timings, the memory plan and the measured peak."""
+    `report` (optional dict) receives the per-stage timings, the memory plan and the measured peak.
+    `measured_peak()` reads the sampler's peak bytes (default max_memory_allocated since the plan; the
+    benchmark's per-stage tracker resets that counter between stages and passes its own total)."""
     from .pipeline import GenerationSettings, generate, round_to_4k1
 
     if abs(audio_embeds["fps"] - fps) > 1e-6:
@@ -283,11 +293,13 @@ def run_infinitetalk(model: DiffusionModel, vae, text_embeds: dict, image_embeds
             image_embeds["image"], audio_embeds["features"], settings, device=model.device,
             on_step=on_step, check_interrupt=check_interrupt, decode_hooks=hooks,
         )
+    peak = None
     if plan is not None:
-        log_measured_peak(plan, model.device)
+        peak = measured_peak() if measured_peak is not None else torch.cuda.max_memory_allocated(model.device)
+        info(measured_vs_predicted(plan, peak))
     if report is not None:
         report.update(timings=result.timings, plan=plan, windows=result.windows, model_calls=result.model_calls,
-                      peak_bytes=torch.cuda.max_memory_allocated(model.device) if plan is not None else None)
+                      peak_bytes=peak)
     audio = trim_audio(audio_embeds["audio"], result.num_frames / fps)
     tm = result.timings
     info(f"Generated {result.num_frames} frames ({result.num_frames / fps:.2f} s) in {result.windows} window(s), "
