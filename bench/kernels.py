@@ -264,7 +264,7 @@ DIT_MODES = {   # quantization mode -> attention modes timed with it
 
 
 def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda",
-              fused_variants: tuple[bool, ...] = (False,), modes: dict | None = None, peer: bool = True) -> None:
+              fused_variants: tuple[bool, ...] = (True,), modes: dict | None = None, peer: bool = True) -> None:
     """One batch-1 DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every
     mode) per (quantization, attention) mode; ratio against bf16 + SDPA, error = relative difference
     of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer. fused_variants: time each
@@ -279,6 +279,7 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
 
     cfg = dit_config(tiny)
     dtype = torch.bfloat16
+    default_fused = fused.fused_enabled()
     shape = f"{width}x{height}x{frames}f ({(frames - 1) // 4 + 1} x {height // 16} x {width // 16} tokens)"
     args, kw = dit_inputs(cfg, 1, width, height, frames, device, dtype)
     base = ref = None
@@ -306,7 +307,7 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
                 except Exception as err:  # noqa: BLE001
                     _row(group="dit", mode=name, shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
                 finally:
-                    fused.set_fused(False)
+                    fused.set_fused(default_fused)
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -344,7 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fp4-time", action="store_true", help="also time the emulated FP4 attention")
     ap.add_argument("--dit", action="store_true", help="full 14B DiT forward per mode at the seed shape")
     ap.add_argument("--dit-size", type=int, nargs=3, default=[640, 720, 81], metavar=("W", "H", "FRAMES"))
-    ap.add_argument("--fused", action="store_true", help="--dit: also time each mode with the fused element-wise kernels")
+    ap.add_argument("--fused", action="store_true",
+                    help="--dit: time each mode without and with the fused element-wise kernels (default: with)")
     ap.add_argument("--dit-modes", nargs="+", metavar="QUANT:ATTN",
                     help="--dit: only these (quantization, attention) pairs; the first one is the reference")
     ap.add_argument("--no-peer", action="store_true", help="--dit: skip diffusers' forward")
@@ -369,7 +371,7 @@ def main(argv=None) -> int:
             for pair in a.dit_modes:
                 quant, _, attn = pair.partition(":")
                 modes[quant] = modes.get(quant, ()) + (attn,)
-        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (False,), modes=modes, peer=not a.no_peer)
+        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (True,), modes=modes, peer=not a.no_peer)
     if a.linear or not (a.attn or a.tune or a.dit):
         shapes = [(m, k, n) for m in (37800, 512) for k, n in ((5120, 5120), (5120, 13824), (13824, 5120))]
         bench_linear(shapes)

@@ -38,13 +38,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--size", type=int, nargs=3, default=[640, 720, 81], metavar=("W", "H", "FRAMES"))
     p.add_argument("--top", type=int, default=25)
-    p.add_argument("--fused", action="store_true", help="fused element-wise kernels (wan/fused.py)")
+    p.add_argument("--no-fused", action="store_true", help="PyTorch element-wise path instead of the fused kernels")
     p.add_argument("--tiny", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     a = p.parse_args(argv)
-    if a.fused:
+    if a.no_fused:
         from ..wan.fused import set_fused
-        set_fused(True)
+        set_fused(False)
     dev = torch.device(a.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     cfg = dit_config(a.tiny)
