@@ -36,7 +36,7 @@ def test_12gb_plan_streams_umt5_and_runs_cfg_branches_one_at_a_time():
     assert p.stage_peaks["sampling"] == p.sampling_peak and p.predicted_peak == max(
         p.stage_peaks[k] for k in ("vae_encode", "sampling", "vae_decode"))
     text = format_plan(p)
-    assert "umT5 encode: streamed one block at a time" in text and "per stage: T5 " in text
+    assert "umT5 encode: 0.6 GiB on the GPU, streamed one block at a time" in text and "per stage: T5 " in text
     assert "over the run" in text and "fits" in text
 
 

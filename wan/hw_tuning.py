@@ -206,8 +206,8 @@ def decide_t5_streaming(streaming: str, base: int, whole: int, streamed: int, li
         return streaming == "on", f"{'streamed' if streaming == 'on' else 'whole on the GPU'} as requested"
     if base + whole + CUDA_CONTEXT_BYTES <= limit:
         return False, "whole on the GPU for the encode: it fits"
-    return True, (f"streamed one block at a time ({streamed / GiB:.1f} GiB on the GPU): whole "
-                  f"({whole / GiB:.1f} GiB) does not fit next to {base / GiB:.1f} GiB already there")
+    return True, (f"streamed one block at a time: whole ({whole / GiB:.1f} GiB) does not fit next to "
+                  f"{base / GiB:.1f} GiB already there")
 
 
 def text_encoder_streams(encoder, streaming: str = "auto", gpu: GpuInfo | None = None) -> tuple[bool, str]:
@@ -481,7 +481,7 @@ def format_plan(plan: Plan) -> str:
         f"  encoders: {r.get('encoders')}",
     ]
     if "t5" in r:
-        lines.append(f"  umT5 encode: {r['t5']}; {g(plan.t5_bytes)} on the GPU for it")
+        lines.append(f"  umT5 encode: {g(plan.t5_bytes)} on the GPU, {r['t5']}")
     names = {"t5": "T5", "clip": "CLIP", "audio": "audio", "vae_encode": "VAE encode", "sampling": "sampling",
              "vae_decode": "VAE decode"}
     lines += [
