@@ -39,6 +39,7 @@ import torch
 CONFIGS = {   # name -> (quantization mode, attention mode); the last is the seed's own choice
     "bf16": ("disabled", "sdpa"),
     "fp8": ("fp8_e4m3fn_fast", "sageattn_3_fp8"),
+    "fp8_sa3": ("fp8_e4m3fn_fast", "sageattn_3"),   # 16-bit P.V: faster and more accurate on Hopper (RESULTS.md)
     "fp4_fast": ("fp4_scaled_fast", "sageattn_3_fp8"),
     "fp4_exp": ("fp4_experimental", "sageattn_3_fp4"),
 }
@@ -273,7 +274,7 @@ def main(argv=None):
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--fps", type=float, default=16.0)
-    p.add_argument("--fused", action="store_true", help="fused element-wise kernels in the DiT (wan/fused.py)")
+    p.add_argument("--no-fused", action="store_true", help="PyTorch element-wise path instead of the fused kernels")
     p.add_argument("--vram-limit-gb", type=float, default=None,
                    help="low-VRAM run: auto tuning under this many GB (1e9 bytes); peaks reported per stage")
     p.add_argument("--t5-stream", default="auto", choices=("auto", "on", "off"),
@@ -288,14 +289,14 @@ def main(argv=None):
     a = p.parse_args(argv)
     a.dtype = torch.bfloat16 if torch.device(a.device).type == "cuda" else torch.float32
     out_dir = a.out or tempfile.mkdtemp(prefix="wanfp4_seed_")
-    if a.fused:
-        from ..wan.fused import set_fused
-        set_fused(True)
+    from ..wan.fused import fused_enabled, set_fused
+    if a.no_fused:
+        set_fused(False)
     from . import seed_models as sm
     from .dit_forward import time_diffusers_forward
     from ..wan.model_cache import MODEL_CACHE
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:], "fused": a.fused}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:], "fused": fused_enabled()}
     if torch.device(a.device).type == "cuda":
         import triton
         env.update(gpu=torch.cuda.get_device_name(a.device), triton=triton.__version__,
