@@ -36,3 +36,13 @@ def test_strength_blends_linearly_and_zero_is_identity():
     full = match_colors(frames, ref, 1.0)
     half = match_colors(frames, ref, 0.5)
     assert torch.allclose(half, 0.5 * frames + 0.5 * full, atol=1e-6)
+
+
+def test_chunked_matching_equals_whole_video():
+    """Frames go through in chunks (VRAM); per-frame statistics make that exact."""
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(7, 12, 10, 3, generator=g) * torch.linspace(0.3, 1.0, 7)[:, None, None, None]
+    ref = torch.rand(9, 8, 3, generator=g)
+    whole = match_colors(frames, ref, 0.8)
+    for chunk in (1, 12 * 10 * 3 * 2, 12 * 10 * 3 * 3 + 5):
+        assert torch.allclose(match_colors(frames, ref, 0.8, chunk_elements=chunk), whole, atol=1e-6)
