@@ -82,13 +82,26 @@ class StagePeaks:
         self.read = read or ((lambda: torch.cuda.max_memory_allocated(device)) if cuda else (lambda: 0))
         self.reset = reset or ((lambda: torch.cuda.reset_peak_memory_stats(device)) if cuda else (lambda: None))
         self.peaks: dict = {}
+        self.resident: dict = {}     # bytes allocated when a stage first opened (what earlier stages left)
         self.current = None
+        self._allocated = (lambda: torch.cuda.memory_allocated(device)) if cuda else (lambda: 0)
 
     def mark(self, name) -> None:
         if self.current is not None:
             self.peaks[self.current] = max(self.peaks.get(self.current, 0), self.read())
+        if name is not None and name not in self.resident:
+            self.resident[name] = self._allocated()
         self.current = name
         self.reset()
+
+    def checkpoint(self) -> int:
+        """The running stage's peak since the last mark/checkpoint (kept in the stage's peak), then a reset:
+        per-step peaks inside one stage."""
+        now = self.read()
+        if self.current is not None:
+            self.peaks[self.current] = max(self.peaks.get(self.current, 0), now)
+        self.reset()
+        return now
 
     def total(self, names=None) -> int:
         """The largest peak of `names` (all stages when None), the running stage included."""
@@ -190,13 +203,16 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
         aud = services.encode_audio(w2v, audio, fps=a.fps)
     peaks.mark("sampling")
     rep: dict = {}
+    step_alloc: list = []     # per step, GiB: (allocated after it, its peak)
     with stage(times, "sampler", device), peaks.around(vae, "encode", "vae_encode", "sampling"), \
             peaks.around(vae, "decode", "vae_decode", "sampling"), \
             peaks.around(clip, "encode_image", "clip", "sampling"):   # the re-encode of the resized image
         frames, audio_out = services.run_infinitetalk(
             dm, vae, text, img, aud, width=a.width, height=a.height, frames=a.frames, fps=a.fps, steps=a.steps,
             cfg=7.0, audio_cfg=4.0, shift=7.0, scheduler="euler", denoise=1.0, seed=42, motion_frames=9,
-            color_correction=1.0, report=rep, measured_peak=lambda: peaks.total(SAMPLER_STAGES))
+            color_correction=1.0, report=rep, measured_peak=lambda: peaks.total(SAMPLER_STAGES),
+            on_step=lambda done, total: step_alloc.append(
+                (torch.cuda.memory_allocated(device) / GiB if device.type == "cuda" else 0.0, peaks.checkpoint() / GiB)))
     peaks.mark(None)
     with stage(times, "mux", device):
         vid = write_mp4(frames, out_dir, f"seed_{name}", fps=a.fps, crf=19, audio=audio_out)
@@ -219,6 +235,8 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
            "peak_vram_gib": peak / GiB, "sampler_peak_gib": (rep.get("peak_bytes") or 0) / GiB,
            "predicted_peak_gib": plan.predicted_peak / GiB if plan is not None else None,
            "vram_limit_gb": limit, "stage_peaks_gib": {k: peaks.peaks.get(k, 0) / GiB for k in STAGES},
+           "stage_resident_gib": {k: peaks.resident.get(k, 0) / GiB for k in STAGES},
+           "steps_allocated_peak_gib": step_alloc,
            "predicted_stages_gib": {k: v / GiB for k, v in shown.stage_peaks.items()} if shown else None,
            "predicted_whole_gib": shown.whole_run_peak / GiB if shown else None,
            "t5_streamed": bool(whole_plan.t5_streamed) if whole_plan else t5.streaming == "on",
@@ -238,12 +256,16 @@ def stage_table(r: dict) -> str:
     """Measured peak per stage against the plan's prediction (a low-VRAM run's own table)."""
     pred = r.get("predicted_stages_gib") or {}
     lines = [f"| {r['config']} {r['run']} (limit {r['vram_limit_gb']} GB = {r['vram_limit_gb'] * 1e9 / GiB:.2f} GiB) "
-             "| measured GiB | predicted GiB |", "|---|---|---|"]
+             "| measured GiB | predicted GiB | allocated at stage start GiB |", "|---|---|---|---|"]
     for k in STAGES:
         p = pred.get(k)
-        lines.append(f"| {k} | {r['stage_peaks_gib'][k]:.2f} | {'' if p is None else f'{p:.2f}'} |")
+        lines.append(f"| {k} | {r['stage_peaks_gib'][k]:.2f} | {'' if p is None else f'{p:.2f}'} | "
+                     f"{r.get('stage_resident_gib', {}).get(k, 0):.2f} |")
     whole = r.get("predicted_whole_gib")
-    lines.append(f"| **whole run** | **{r['peak_vram_gib']:.2f}** | {'' if whole is None else f'{whole:.2f}'} |")
+    lines.append(f"| **whole run** | **{r['peak_vram_gib']:.2f}** | {'' if whole is None else f'{whole:.2f}'} | |")
+    after = r.get("steps_allocated_peak_gib") or []
+    if after:
+        lines.append("\nper step, GiB allocated after it / its peak: " + ", ".join(f"{a:.2f} / {p:.2f}" for a, p in after))
     return "\n".join(lines)
 
 
