@@ -2,14 +2,12 @@
 sizes against real quantized models, plans on simulated GPUs (3060 / 4090 / 5090 / H100 / H200),
 minimality of blocks_to_swap, VAE / encoder decisions, the plan text, OOM advice and the guard."""
 import logging
-import weakref
 from dataclasses import replace
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
+from memory_tracker import PeakTracker
 from wanfp4 import quant
 from wanfp4.log import get_logger
 from wanfp4.wan import hw_tuning as hw
@@ -21,31 +19,6 @@ from wanfp4.wan.pipeline import GenerationSettings
 from wanfp4.wan.rope import rope_angles_3d
 
 SEED = dict(width=640, height=720, frames=81)
-
-
-class PeakTracker(TorchDispatchMode):
-    """Live bytes of every storage created inside the mode (freed when the storage dies)."""
-
-    def __init__(self, known=()):
-        super().__init__()
-        self.known = {id(t.untyped_storage()) for t in known}
-        self.live, self.cur, self.peak = {}, 0, 0
-
-    def _free(self, key):
-        self.cur -= self.live.pop(key)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor):
-                st = t.untyped_storage()
-                key = id(st)
-                if st.nbytes() and key not in self.live and key not in self.known:
-                    self.live[key] = st.nbytes()
-                    self.cur += st.nbytes()
-                    self.peak = max(self.peak, self.cur)
-                    weakref.finalize(st, self._free, key)
-        return out
 
 
 def measured_block_peak(d, f, heads, grid, batch, audio=True):

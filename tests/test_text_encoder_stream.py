@@ -69,7 +69,7 @@ def test_streamed_blocks_put_one_block_on_the_device_at_a_time():
     (512, 8, 64, 1280, 64, 2),      # short prompts, wide model
 ])
 def test_t5_activation_formula_bounds_a_tracked_block(d, heads, d_kv, d_ff, tokens, batch):
-    from test_hw_tuning import PeakTracker
+    from memory_tracker import PeakTracker
 
     cfg = transformers.UMT5Config(vocab_size=64, d_model=d, d_kv=d_kv, num_heads=heads, d_ff=d_ff, num_layers=1,
                                   relative_attention_num_buckets=32, dropout_rate=0.0, feed_forward_proj="gated-gelu",
