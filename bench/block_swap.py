@@ -19,6 +19,7 @@ import torch
 def main(argv=None):
     from ..quant import quantize_model
     from ..wan import hw_tuning as hw
+    from ..wan import memory_sizes as ms
     from ..wan.block_swap import BlockSwapper
     from .dit_forward import dit_inputs, time_calls
     from ..wan.config import INFINITETALK_14B, TINY_INFINITETALK
@@ -60,8 +61,8 @@ def main(argv=None):
     per_block = sw.stats.bytes_copied / max(1, sw.stats.block_copies)
     sw.uninstall()
 
-    _, tokens = hw.tokens_for(cfg, a.width, a.height, a.frames)
-    pred_act = hw.activation_bytes(cfg, tokens, a.batch, a.attention)
+    _, tokens = ms.tokens_for(cfg, a.width, a.height, a.frames)
+    pred_act = ms.activation_bytes(cfg, tokens, a.batch, a.attention)
     G = 1024**3
     print(f"config: {a.blocks} blocks of {'tiny' if a.tiny else '14B InfiniteTalk'}, {a.mode}, {a.attention}, "
           f"{a.width}x{a.height}x{a.frames} ({tokens} tokens), batch {a.batch}, device {device}")

@@ -137,12 +137,13 @@ def low_vram_plan(dm, t5, a, blocks_to_swap: int, threshold: float, gpu=None):
     """The whole-run plan before the encoders run: the T5 decision (whole or streamed) is applied to the
     encoder, a raised block swap to the DiT; the sampler plans again with what is on the GPU then."""
     from ..wan import hw_tuning as hw
+    from ..wan import memory_sizes as ms
     from ..wan.block_swap import apply_block_swap
 
     gpu = gpu or hw.detect_gpu(dm.device)
     plan = hw.plan_memory(gpu, dm.config, dm.quant_mode, dm.attention_modes["self"], a.width, a.height, a.frames,
                           blocks_to_swap, threshold, auto=True, dtype=dm.dtype,
-                          encoder_bytes={k: hw.ENCODER_BYTES[k] for k in SEED_ENCODERS}, t5_streaming=a.t5_stream)
+                          encoder_bytes={k: ms.ENCODER_BYTES[k] for k in SEED_ENCODERS}, t5_streaming=a.t5_stream)
     hw.log_plan(plan)
     t5.streaming = "on" if plan.t5_streamed else "off"
     apply_block_swap(dm.model, plan.blocks_to_swap, dm.device)

@@ -5,6 +5,7 @@ import torch
 
 from wanfp4.bench.seed_models import build_text_encoder
 from wanfp4.wan import hw_tuning as hw
+from wanfp4.wan import memory_sizes as ms
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 PROMPTS = ["A woman is talking to the camera, natural light.", "worst quality, blurred details, subtitles"]
@@ -33,6 +34,6 @@ def test_streamed_equals_resident_with_a_one_block_peak(monkeypatch):
     assert torch.equal(got, want)
     assert all(p.device.type == "cpu" for p in t5.model.encoder.block.parameters())
     c = t5.model.config
-    predicted = hw.t5_streamed_bytes(sz["largest_block"] + sz["norm"], d_model=c.d_model, inner=c.num_heads * c.d_kv,
+    predicted = ms.t5_streamed_bytes(sz["largest_block"] + sz["norm"], d_model=c.d_model, inner=c.num_heads * c.d_kv,
                                      heads=c.num_heads, d_ff=c.d_ff)
     assert peak <= predicted * 1.2 and peak < sz["blocks"] / 2, (peak, predicted, sz)

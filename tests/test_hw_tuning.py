@@ -11,6 +11,7 @@ from memory_tracker import PeakTracker
 from wanfp4 import quant
 from wanfp4.log import get_logger
 from wanfp4.wan import hw_tuning as hw
+from wanfp4.wan import memory_sizes as ms
 from wanfp4.wan.blocks import BlockInputs
 from wanfp4.wan.config import INFINITETALK_14B, TINY_INFINITETALK
 from wanfp4.wan.hw_tuning import GiB, GpuInfo, format_plan, oom_advice, oom_guard, plan_memory
@@ -50,7 +51,7 @@ def measured_block_peak(d, f, heads, grid, batch, audio=True):
 def test_activation_formula_matches_measured_block_peak(d, f, heads, grid, batch, audio):
     cfg, tokens, measured = measured_block_peak(d, f, heads, grid, batch, audio)
     ctx_bytes = batch * (cfg.text_len + cfg.image_tokens) * d * 2   # formula counts the (outside) context too
-    predicted = hw.activation_bytes(cfg, tokens, batch, "sdpa") - ctx_bytes
+    predicted = ms.activation_bytes(cfg, tokens, batch, "sdpa") - ctx_bytes
     assert abs(predicted - measured) / measured < 0.12, (predicted, measured)
 
 
@@ -59,7 +60,7 @@ def test_weight_sizes_match_a_real_quantized_model(mode):
     cfg = replace(TINY_INFINITETALK, num_layers=3)
     model = quant.quantize_model(build_model(cfg, "cpu", torch.bfloat16, seed=1), mode, compute_dtype=torch.bfloat16)
     nbytes = lambda m: sum(t.numel() * t.element_size() for t in list(m.parameters()) + list(m.buffers()))  # noqa
-    ws = hw.weight_sizes(cfg, mode, torch.bfloat16)
+    ws = ms.weight_sizes(cfg, mode, torch.bfloat16)
     assert ws.block_bytes * 3 == sum(nbytes(b) for b in model.blocks)
     assert ws.other_bytes == nbytes(model) - sum(nbytes(b) for b in model.blocks)
     assert ws.embedding_bytes == sum(nbytes(getattr(model, n)) for n in ("text_embedding", "img_emb", "audio_proj"))
@@ -71,19 +72,19 @@ def test_14b_sizes_agree_with_the_quant_helper_and_the_reference_table():
         meta = WanModel(INFINITETALK_14B)
     fp32_extra = 2 * sum(p.numel() for n, p in meta.named_parameters() if keeps_fp32(n))
     for mode in ("disabled", "fp8_e4m3fn_fast", "fp4_scaled"):
-        ws = hw.weight_sizes(INFINITETALK_14B, mode)
+        ws = ms.weight_sizes(INFINITETALK_14B, mode)
         total = ws.other_bytes + 40 * ws.block_bytes
         assert total - quant.quantized_size_bytes(INFINITETALK_14B, mode) == fp32_extra
     # I2V 14B blocks (§4.5): bf16 807 MB, fp8 ~404 MB, NVFP4 ~227 MB; InfiniteTalk adds the audio cross-attn
     plain = replace(INFINITETALK_14B, audio=None)
     for mode, ref in (("disabled", 807e6), ("fp8_e4m3fn_fast", 404e6), ("fp4_scaled", 227e6)):
-        assert abs(hw.weight_sizes(plain, mode).block_bytes - ref) / ref < 0.03
+        assert abs(ms.weight_sizes(plain, mode).block_bytes - ref) / ref < 0.03
 
 
 def test_tokens_follow_the_window():
-    assert hw.tokens_for(INFINITETALK_14B, 640, 720, 81) == (21, 37800)
-    assert hw.tokens_for(INFINITETALK_14B, 640, 720, 1000) == (21, 37800)   # 81-frame windows
-    assert hw.tokens_for(INFINITETALK_14B, 640, 640, 33) == (9, 9 * 40 * 40)
+    assert ms.tokens_for(INFINITETALK_14B, 640, 720, 81) == (21, 37800)
+    assert ms.tokens_for(INFINITETALK_14B, 640, 720, 1000) == (21, 37800)   # 81-frame windows
+    assert ms.tokens_for(INFINITETALK_14B, 640, 640, 33) == (9, 9 * 40 * 40)
 
 
 def plan(preset, threshold=0.5, quant_mode="auto", attention="sageattn_3_fp8", ram=64 * GiB, **kw):
@@ -123,7 +124,7 @@ def test_more_vram_never_swaps_more():
     swaps = [plan("rtx4090", t).blocks_to_swap for t in (0.5, 0.7, 0.9)]
     assert swaps == sorted(swaps, reverse=True) and swaps[0] > swaps[-1]
     p = plan("rtx4090", 0.5)
-    assert p.blocks_to_swap > 0 and p.host_bytes == p.blocks_to_swap * hw.weight_sizes(
+    assert p.blocks_to_swap > 0 and p.host_bytes == p.blocks_to_swap * ms.weight_sizes(
         INFINITETALK_14B, p.quant_mode).block_bytes
 
 
@@ -138,7 +139,7 @@ def test_small_ram_forces_smaller_weights_and_pinned_cap_note():
     roomy = plan("rtx4090", 0.5, ram=128 * GiB)
     tight = plan("rtx4090", 0.5, ram=12 * GiB)
     assert tight.host_bytes <= 0.8 * 12 * GiB
-    assert hw.weight_sizes(INFINITETALK_14B, tight.quant_mode).block_bytes < hw.weight_sizes(
+    assert ms.weight_sizes(INFINITETALK_14B, tight.quant_mode).block_bytes < ms.weight_sizes(
         INFINITETALK_14B, roomy.quant_mode).block_bytes
     assert any("pinned cap" in n for n in tight.notes) == (tight.host_bytes > 6 * GiB)
 
@@ -146,7 +147,7 @@ def test_small_ram_forces_smaller_weights_and_pinned_cap_note():
 def test_offloading_embeddings_moves_their_bytes_to_host():
     a = plan("rtx4090", 0.9, quant_mode="fp8_e4m3fn_fast", auto=False, blocks_to_swap=20)
     b = plan("rtx4090", 0.9, quant_mode="fp8_e4m3fn_fast", auto=False, blocks_to_swap=20, offload_embeddings=True)
-    emb = hw.weight_sizes(INFINITETALK_14B, "fp8_e4m3fn_fast").embedding_bytes
+    emb = ms.weight_sizes(INFINITETALK_14B, "fp8_e4m3fn_fast").embedding_bytes
     assert a.weights_resident - b.weights_resident == emb and b.host_bytes - a.host_bytes == emb
 
 

@@ -10,11 +10,12 @@ import torch
 from wanfp4.bench import seed_workload
 from wanfp4.bench.seed_workload import STAGES, StagePeaks, low_vram_plan
 from wanfp4.wan import hw_tuning as hw
+from wanfp4.wan import memory_sizes as ms
 from wanfp4.wan.config import INFINITETALK_14B
 from wanfp4.wan.hw_tuning import GiB, GpuInfo, format_plan, plan_memory
 
 H200 = GpuInfo.simulate("h200", ram_bytes=126 * GiB)
-SEED_ENC = {k: hw.ENCODER_BYTES[k] for k in ("t5", "clip_vision", "wav2vec2")}
+SEED_ENC = {k: ms.ENCODER_BYTES[k] for k in ("t5", "clip_vision", "wav2vec2")}
 
 
 def seed_plan(limit_bytes=12e9, **kw):
@@ -26,12 +27,12 @@ def seed_plan(limit_bytes=12e9, **kw):
 def test_12gb_plan_streams_umt5_and_runs_cfg_branches_one_at_a_time():
     p = seed_plan()
     assert p.fits and p.t5_streamed and not p.batch_cfg and p.blocks_to_swap == 40
-    assert p.t5_bytes == hw.t5_streamed_bytes() < GiB
+    assert p.t5_bytes == ms.t5_streamed_bytes() < GiB
     assert list(p.stage_peaks) == ["t5", "clip", "audio", "vae_encode", "sampling", "vae_decode"]
     assert p.whole_run_peak == max(p.stage_peaks.values())
     assert p.whole_run_peak + hw.CUDA_CONTEXT_BYTES <= p.limit_bytes <= 12e9
     # the T5 stage is what is already there (resident DiT share, VAE, wav2vec2) plus one streamed block
-    base = p.weights_resident + hw.VAE_WEIGHT_BYTES + SEED_ENC["wav2vec2"]
+    base = p.weights_resident + ms.VAE_WEIGHT_BYTES + SEED_ENC["wav2vec2"]
     assert p.stage_peaks["t5"] == base + p.t5_bytes
     assert p.stage_peaks["sampling"] == p.sampling_peak and p.predicted_peak == max(
         p.stage_peaks[k] for k in ("vae_encode", "sampling", "vae_decode"))
@@ -60,9 +61,9 @@ def test_sampler_time_plan_has_no_encoder_stages():
 
 def test_vae_encode_stage_keeps_the_dit_and_can_force_tiling():
     p = seed_plan()
-    enc = hw.vae_encode_bytes(640, 720, 81, p.vae_tiling)
-    assert p.stage_peaks["vae_encode"] == p.weights_resident + hw.VAE_WEIGHT_BYTES + enc + p.encoder_bytes
-    assert hw.vae_encode_bytes(640, 720, 81, True) < hw.vae_encode_bytes(640, 720, 81, False)
+    enc = ms.vae_encode_bytes(640, 720, 81, p.vae_tiling)
+    assert p.stage_peaks["vae_encode"] == p.weights_resident + ms.VAE_WEIGHT_BYTES + enc + p.encoder_bytes
+    assert ms.vae_encode_bytes(640, 720, 81, True) < ms.vae_encode_bytes(640, 720, 81, False)
 
 
 class FakeCounter:

@@ -8,6 +8,7 @@ import torch.nn as nn
 
 from wanfp4.bench.seed_models import build_text_encoder
 from wanfp4.wan import hw_tuning as hw
+from wanfp4.wan import memory_sizes as ms
 from wanfp4.wan import services
 from wanfp4.wan.residency import HostResidency, StreamedBlocks
 
@@ -80,7 +81,7 @@ def test_t5_activation_formula_bounds_a_tracked_block(d, heads, d_kv, d_ff, toke
     mask[1:, tokens // 2:] = 0
     with torch.no_grad(), PeakTracker(list(model.parameters())) as tr:
         model(inputs_embeds=x, attention_mask=mask)
-    predicted = hw.t5_activation_bytes(batch, tokens, d, heads * d_kv, heads, d_ff, 2)
+    predicted = ms.t5_activation_bytes(batch, tokens, d, heads * d_kv, heads, d_ff, 2)
     assert tr.peak <= predicted <= 1.4 * tr.peak, (tr.peak, predicted)
 
 
@@ -90,9 +91,9 @@ def test_umt5_xxl_sizes_match_the_real_block():
                                   is_encoder_decoder=False)
     with torch.device("meta"):
         block = transformers.UMT5EncoderModel(cfg).encoder.block[0]
-    assert hw.T5_BLOCK_BYTES == sum(p.numel() for p in block.parameters()) * 2
-    streamed = hw.t5_streamed_bytes()
-    assert hw.T5_BLOCK_BYTES < streamed < 0.8 * GiB and streamed * 10 < hw.ENCODER_BYTES["t5"]
+    assert ms.T5_BLOCK_BYTES == sum(p.numel() for p in block.parameters()) * 2
+    streamed = ms.t5_streamed_bytes()
+    assert ms.T5_BLOCK_BYTES < streamed < 0.8 * GiB and streamed * 10 < ms.ENCODER_BYTES["t5"]
 
 
 def test_without_a_plan_the_free_vram_decides():
