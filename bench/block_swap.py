@@ -18,7 +18,6 @@ import torch
 
 def main(argv=None):
     from ..quant import quantize_model
-    from ..wan import hw_tuning as hw
     from ..wan import memory_sizes as ms
     from ..wan.block_swap import BlockSwapper
     from .dit_forward import dit_inputs, time_calls
