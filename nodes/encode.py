@@ -13,6 +13,9 @@ DEFAULT_NEGATIVE = (
 )
 
 
+BLOCKS_ON_GPU = {"auto": None, "all": False, "one at a time": True}   # -> services.encode_text(stream=...)
+
+
 class WanFP4TextEncode:
     DESCRIPTION = "Encodes the positive and negative prompt with umT5-XXL (one call)."
     CATEGORY = CATEGORY
@@ -39,11 +42,20 @@ class WanFP4TextEncode:
                     "default": True,
                     "tooltip": "Move the encoder off the GPU after encoding (it is ~11 GB in bf16).",
                 }),
+                "blocks_on_gpu": (list(BLOCKS_ON_GPU), {
+                    "default": "auto",
+                    "tooltip": "all: the whole encoder visits the GPU (~11 GB in bf16). one at a time: its 24 blocks "
+                               "visit one by one (~0.6 GB, same result, for small GPUs). auto: all when it fits in "
+                               "the free VRAM.",
+                }),
             },
         }
 
-    def encode(self, text_encoder, positive, negative, unload_after=True):
-        return (services.encode_text(text_encoder, positive, negative, offload=unload_after),)
+    def encode(self, text_encoder, positive, negative, unload_after=True, blocks_on_gpu="auto"):
+        if blocks_on_gpu not in BLOCKS_ON_GPU:
+            raise ValueError(f"blocks_on_gpu: {blocks_on_gpu!r} is not one of {', '.join(BLOCKS_ON_GPU)}")
+        return (services.encode_text(text_encoder, positive, negative, offload=unload_after,
+                                     stream=BLOCKS_ON_GPU[blocks_on_gpu]),)
 
 
 class WanFP4ImageEncode:

@@ -24,7 +24,7 @@ NODES = [
     (6, "WanFP4TextEncoderLoader", None, [0, 760], {"model_name": "umt5_xxl_fp16.safetensors", "precision": "bf16"}, {}),
     (7, "WanFP4TextEncode", None, [360, 760],
      {"positive": "A person talks to the camera with natural expressions and lip movements, soft studio light.",
-      "negative": NEG, "unload_after": True}, {"text_encoder": (6, 0)}),
+      "negative": NEG, "unload_after": True, "blocks_on_gpu": "auto"}, {"text_encoder": (6, 0)}),
     (8, "WanFP4ClipVisionLoader", None, [360, 0], {"model_name": "clip_vision_h.safetensors"}, {}),
     (9, "WanFP4ImageEncode", None, [720, 0], {}, {"clip_vision": (8, 0), "image": (1, 0)}),
     (10, "WanFP4VAELoader", None, [720, 160], {"model_name": "wan_2.1_vae.safetensors", "precision": "bf16"}, {}),

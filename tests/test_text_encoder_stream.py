@@ -124,3 +124,21 @@ def test_encode_text_follows_the_encoders_setting():
     assert got["lengths"] == want["lengths"]
     t5.streaming = "auto"
     services.encode_text(t5, *PROMPTS, stream=True)                  # an explicit choice wins
+
+
+def test_text_encode_node_blocks_on_gpu_choice(monkeypatch):
+    """The node's `blocks_on_gpu` reaches the encoder: "one at a time" streams, "all" does not, "auto" asks
+    the plan (nothing moves on a CPU); every choice gives the same embeddings; a bad value names the input."""
+    from wanfp4.nodes.encode import WanFP4TextEncode
+
+    t5 = build_text_encoder("cpu", torch.float32, tiny=True)
+    calls = []
+    real = t5.encode
+    monkeypatch.setattr(t5, "encode", lambda prompts, stream=False: (calls.append(stream), real(prompts, stream=stream))[1])
+    node = WanFP4TextEncode()
+    outs = [node.encode(t5, *PROMPTS, blocks_on_gpu=choice)[0] for choice in ("one at a time", "all", "auto")]
+    assert calls == [True, False, False]
+    assert all(torch.equal(o["positive"], outs[0]["positive"]) and torch.equal(o["negative"], outs[0]["negative"])
+               for o in outs)
+    with pytest.raises(ValueError, match="blocks_on_gpu"):
+        node.encode(t5, *PROMPTS, blocks_on_gpu="half")
