@@ -132,6 +132,17 @@ def test_triton_kernels_take_their_modes_where_the_gpu_supports_them(lines):
         "sageattn_3_fp8", "not supported on this GPU (NVIDIA H200, sm_90)")
     assert "[INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA H200, sm_90): using sageattn_3_fp8" in lines
     assert resolve_mode("sageattn_3_fp8", sim(86, "triton"), 128, BF16)[0] == "sageattn_3"
+    hints = [line for line in lines if "sageattn_3 is faster here" in line]
+    assert len(hints) == 1 and hints[0].startswith("[INFO] sageattn_3_fp8 on Hopper (sm_90)")   # once, only on sm_90
+
+
+def test_hopper_hint_only_for_our_triton_fp8_kernel():
+    """The advice rests on our Triton kernels' H200 measurement: other implementations and GPUs get none."""
+    impl = registry.Implementation("sageattn_3_fp8", "triton", backends.sdpa)
+    assert "sageattn_3 is faster here" in capabilities._hint("sageattn_3_fp8", impl, sim(90))
+    assert capabilities._hint("sageattn_3_fp8", impl, sim(89)) is None
+    assert capabilities._hint("sageattn_3_fp8", replace(impl, name="sageattention"), sim(90)) is None
+    assert capabilities._hint("sageattn_3", replace(impl, mode="sageattn_3"), sim(90)) is None
 
 
 def test_missing_package_says_what_to_install(lines):
