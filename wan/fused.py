@@ -13,6 +13,7 @@ import os
 
 import torch
 
+from ..log import warn
 from .rope import apply_rotary
 
 _STATE = {"enabled": os.environ.get("WANFP4_FUSED_ELEMENTWISE", "1") != "0"}
@@ -43,6 +44,20 @@ def _use(*ts: torch.Tensor) -> bool:
         torch.bfloat16, torch.float16, torch.float32)
 
 
+def _launch(name: str, *args):
+    """The kernel's result, or None after switching the fused path off when it fails (a Triton build
+    or GPU it does not compile for): the caller then runs the PyTorch path. Out-of-memory propagates."""
+    try:
+        return getattr(_kernels(), name)(*args)
+    except torch.OutOfMemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any compile/launch failure: keep generating, slower
+        _STATE["enabled"] = False
+        warn(f"Fused element-wise kernels failed ({type(err).__name__}: {str(err)[:200]}); using the PyTorch "
+             "path for the rest of this process (WANFP4_FUSED_ELEMENTWISE=0 skips them)")
+        return None
+
+
 def _rows(v: torch.Tensor, batch: int) -> torch.Tensor:
     """[B or 1, 1, N] fp32 modulation -> contiguous [batch, N]."""
     return v.reshape(v.shape[0], -1).float().expand(batch, -1).contiguous()
@@ -52,7 +67,9 @@ def modulate(norm, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, dt
     """LayerNorm(x) * (1 + scale) + shift in fp32, cast to dt (norm: a non-affine FP32LayerNorm)."""
     if _use(x) and not norm.elementwise_affine and x.dim() == 3:
         out = torch.empty(x.shape, dtype=dt, device=x.device)
-        return _kernels().ln_modulate(x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+        got = _launch("ln_modulate", x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+        if got is not None:
+            return got
     return (norm(x) * (1 + scale) + shift).to(dt)
 
 
@@ -62,7 +79,9 @@ def layer_norm(norm, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     if _use(x) and getattr(norm, "elementwise_affine", False) and norm.bias is not None and x.dim() == 3:
         out = torch.empty(x.shape, dtype=dt, device=x.device)
         scale, shift = (norm.weight.float() - 1)[None], norm.bias.float()[None]
-        return _kernels().ln_modulate(x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+        got = _launch("ln_modulate", x, _rows(scale, x.shape[0]), _rows(shift, x.shape[0]), norm.eps, out)
+        if got is not None:
+            return got
     return norm(x).to(dt)
 
 
@@ -70,15 +89,18 @@ def rms_norm(norm, x: torch.Tensor, dt: torch.dtype) -> torch.Tensor:
     """norm(x) cast to dt for a q/k RMSNorm without RoPE (cross-attention); nn.Identity runs as is."""
     if _use(x) and hasattr(norm, "eps") and x.dim() == 3 and x.shape[-1] % 2 == 0:
         out = torch.empty(x.shape, dtype=dt, device=x.device)
-        return _kernels().rms_rope(x, norm.weight, None, None, norm.eps, out)
+        got = _launch("rms_rope", x, norm.weight, None, None, norm.eps, out)
+        if got is not None:
+            return got
     return norm(x).to(dt)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """x + y * gate in fp32, cast back to x's dtype (the residual stream)."""
     if _use(x, y) and x.dim() == 3 and x.shape == y.shape:
-        out = torch.empty_like(x)
-        return _kernels().gated_residual(x, y, _rows(gate, x.shape[0]), out)
+        got = _launch("gated_residual", x, y, _rows(gate, x.shape[0]), torch.empty_like(x))
+        if got is not None:
+            return got
     return (x.float() + y.float() * gate).to(x.dtype)
 
 
@@ -87,6 +109,7 @@ def rms_rope(norm, x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Te
     x: [B, L, dim] (Linear output) -> [B, L, heads, dim/heads]."""
     b, n, dim = x.shape
     if _use(x, cos, sin) and hasattr(norm, "eps") and cos.dim() == 2:
-        out = torch.empty(x.shape, dtype=dt, device=x.device)
-        return _kernels().rms_rope(x, norm.weight, cos, sin, norm.eps, out).view(b, n, heads, dim // heads)
+        got = _launch("rms_rope", x, norm.weight, cos, sin, norm.eps, torch.empty(x.shape, dtype=dt, device=x.device))
+        if got is not None:
+            return got.view(b, n, heads, dim // heads)
     return apply_rotary(norm(x).view(b, n, heads, dim // heads), cos, sin).to(dt)
