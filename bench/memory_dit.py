@@ -18,18 +18,22 @@ GiB = 1024 ** 3
 PHASES = ("self_attn", "cross_attn", "audio_cross_attn", "ffn")
 
 
-def _probe(block, dev, rows: dict):
-    """Hooks that record, per phase, the peak allocation above the block's entry (then reset the peak)."""
+def _probe(block, dev, rows: dict, counter=None):
+    """Hooks that record, per phase, the peak allocation above the block's entry (then reset the peak).
+    counter: (allocated, peak, reset) callables; default the CUDA allocator's (tests pass their own)."""
+    allocated, peak, reset = counter or (lambda: torch.cuda.memory_allocated(dev),
+                                         lambda: torch.cuda.max_memory_allocated(dev),
+                                         lambda: torch.cuda.reset_peak_memory_stats(dev))
     state = {}
 
     def start(_m, _a):
-        state["base"] = torch.cuda.memory_allocated(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
+        state["base"] = allocated()
+        reset()
 
     def mark(name):
         def hook(_m, _a, _o):
-            rows[name] = max(rows.get(name, 0), torch.cuda.max_memory_allocated(dev) - state["base"])
-            torch.cuda.reset_peak_memory_stats(dev)
+            rows[name] = max(rows.get(name, 0), peak() - state["base"])
+            reset()
         return hook
 
     hooks = [block.register_forward_pre_hook(start), block.register_forward_hook(mark("residual/end"))]

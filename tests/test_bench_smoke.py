@@ -4,6 +4,7 @@ reads back, the cached run loads nothing, and diffusers' forward runs for the pe
 import json
 
 import pytest
+import torch
 
 from wanfp4.bench import seed_workload
 from wanfp4.bench.profile_dit import kind_of
@@ -44,3 +45,25 @@ def test_block_swap_bench_tiny_on_cpu(capsys):
     block_swap.main(["--tiny", "--device", "cpu", "--blocks", "2", "--iters", "1"])
     out = capsys.readouterr().out
     assert "resident:" in out and "swap all:" in out and "overhead" in out
+
+
+def test_memory_probe_records_every_block_phase():
+    """bench/memory_dit.py's hooks on a tiny block, with a counter that grows per call: one row per
+    phase (audio included), each the peak above the block's entry, and no hooks left behind."""
+    from wanfp4.bench.dit_forward import dit_inputs
+    from wanfp4.bench.memory_dit import _probe
+    from wanfp4.bench.seed_models import build_dit, dit_config
+
+    model = build_dit("disabled", "cpu", torch.float32, tiny=True).eval()
+    ticks = {"n": 0}
+    counter = (lambda: 100, lambda: ticks.__setitem__("n", ticks["n"] + 10) or 100 + ticks["n"], lambda: None)
+    rows: dict = {}
+    hooks = _probe(model.blocks[0], "cpu", rows, counter)
+    args, kw = dit_inputs(dit_config(True), 1, 64, 64, 9, "cpu", torch.float32)
+    with torch.no_grad():
+        model(*args, **kw)
+    for h in hooks:
+        h.remove()
+    assert list(rows) == ["self_attn", "cross_attn", "audio_cross_attn", "ffn", "residual/end"]
+    assert all(v > 0 for v in rows.values()) and rows["residual/end"] > rows["self_attn"]
+    assert not model.blocks[0]._forward_hooks and not model.blocks[0]._forward_pre_hooks
