@@ -1,6 +1,5 @@
 """Attention dispatch and the capability table: simulated GPUs and packages, fallbacks, log lines,
 every mode on CPU, the package wrappers (against fake packages) and the kernel seam."""
-import logging
 import sys
 import types
 from dataclasses import replace
@@ -8,13 +7,13 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from log_capture import captured_lines
 
 from wanfp4.attention import (ALL_MODES, Env, attention, current_env, modes_for_model, register_mode,
                               reset_announcements, resolve_mode, unregister_mode)
 from wanfp4.attention import backends, capabilities, dispatch, registry
 from wanfp4.attention.capabilities import resolve
 from wanfp4.attention.reference import REFERENCES, exact_attention, relative_error
-from wanfp4.log import get_logger
 
 BF16 = torch.bfloat16
 
@@ -24,16 +23,8 @@ def lines():
     """Log lines of the wanfp4 logger during the test, starting from a clean 'logged once' memory."""
     reset_announcements()
     dispatch.clear_choices()
-    got: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            got.append(record.getMessage())
-
-    handler = Collect()
-    get_logger().addHandler(handler)
-    yield got
-    get_logger().removeHandler(handler)
+    with captured_lines() as got:
+        yield got
     reset_announcements()
     dispatch.clear_choices()
 

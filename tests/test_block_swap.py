@@ -4,15 +4,13 @@ quantized blocks moved in stored form (bytes checked against quant.linear_storag
 fallback, embedding offload, uninstall and the CPU no-op path."""
 import copy
 import gc
-import logging
-from contextlib import contextmanager
 from dataclasses import replace
 
 import pytest
 import torch
+from log_capture import captured_lines
 
 from wanfp4 import quant
-from wanfp4.log import get_logger
 from wanfp4.wan import block_swap as bs
 from wanfp4.wan.block_swap import BlockSwapper, apply_block_swap
 from wanfp4.wan.config import TINY_INFINITETALK
@@ -41,22 +39,6 @@ def run(model):
 @pytest.fixture(scope="module")
 def base():
     return build_model(CFG, "cpu", torch.float32, seed=5).eval()
-
-
-@contextmanager
-def captured_lines():
-    lines = []
-
-    class H(logging.Handler):
-        def emit(self, record):
-            lines.append(record.getMessage())
-
-    h = H()
-    get_logger().addHandler(h)
-    try:
-        yield lines
-    finally:
-        get_logger().removeHandler(h)
 
 
 def in_range(t: torch.Tensor, buf: torch.Tensor) -> bool:
