@@ -1,7 +1,7 @@
 """Where one DiT forward holds its VRAM: allocated bytes above the block's entry, per phase of a block.
 
     python -m wanfp4.bench.memory_dit --mode fp4_scaled_fast --attention sageattn_3_fp8 --batch 1 --swap 40
-    python -m wanfp4.bench.memory_dit --tiny --device cpu                                   # smoke run (no CUDA: no figures)
+    python -m wanfp4.bench.memory_dit --tiny --device cpu           # smoke run (no CUDA: no figures)
 
 For checking the activation coefficients of wan/hw_tuning.py against the real kernels (fused element-wise on
 and off): per phase (self-attention incl. modulation, cross-attention, audio cross-attention, FFN, residual)
@@ -94,7 +94,8 @@ def main(argv=None):
         print("| phase | peak above block entry GiB | bytes per E |\n|---|---|---|")
         for name, v in rows.items():
             print(f"| {name} | {v / GiB:.2f} | {v / e:.1f} |")
-        print(f"| whole forward: peak above its start (separate call, no hooks) | {whole / GiB:.2f} | {whole / e:.1f} |")
+        print(f"| whole forward: peak above its start (separate call, no hooks) | {whole / GiB:.2f} | "
+              f"{whole / e:.1f} |")
     return 0
 
 

@@ -205,6 +205,10 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
     peaks.mark("sampling")
     rep: dict = {}
     step_alloc: list = []     # per step, GiB: (allocated after it, its peak)
+
+    def after_step(done, total):
+        now = torch.cuda.memory_allocated(device) if cuda else 0
+        step_alloc.append((now / GiB, peaks.checkpoint() / GiB))
     with stage(times, "sampler", device), peaks.around(vae, "encode", "vae_encode", "sampling"), \
             peaks.around(vae, "decode", "vae_decode", "sampling"), \
             peaks.around(clip, "encode_image", "clip", "sampling"):   # the re-encode of the resized image
@@ -212,8 +216,7 @@ def run_once(name: str, mode: str, attention: str, blocks_to_swap: int, a, image
             dm, vae, text, img, aud, width=a.width, height=a.height, frames=a.frames, fps=a.fps, steps=a.steps,
             cfg=7.0, audio_cfg=4.0, shift=7.0, scheduler="euler", denoise=1.0, seed=42, motion_frames=9,
             color_correction=1.0, report=rep, measured_peak=lambda: peaks.total(SAMPLER_STAGES),
-            on_step=lambda done, total: step_alloc.append(
-                (torch.cuda.memory_allocated(device) / GiB if device.type == "cuda" else 0.0, peaks.checkpoint() / GiB)))
+            on_step=after_step)
     peaks.mark(None)
     with stage(times, "mux", device):
         vid = write_mp4(frames, out_dir, f"seed_{name}", fps=a.fps, crf=19, audio=audio_out)
@@ -266,7 +269,8 @@ def stage_table(r: dict) -> str:
     lines.append(f"| **whole run** | **{r['peak_vram_gib']:.2f}** | {'' if whole is None else f'{whole:.2f}'} | |")
     after = r.get("steps_allocated_peak_gib") or []
     if after:
-        lines.append("\nper step, GiB allocated after it / its peak: " + ", ".join(f"{a:.2f} / {p:.2f}" for a, p in after))
+        lines.append("\nper step, GiB allocated after it / its peak: "
+                     + ", ".join(f"{a:.2f} / {p:.2f}" for a, p in after))
     return "\n".join(lines)
 
 
@@ -319,7 +323,8 @@ def main(argv=None):
     from .dit_forward import time_diffusers_forward
     from ..wan.model_cache import MODEL_CACHE
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:], "fused": fused_enabled()}
+    env = {"python": platform.python_version(), "torch": torch.__version__, "argv": sys.argv[1:],
+           "fused": fused_enabled()}
     if torch.device(a.device).type == "cuda":
         import triton
         env.update(gpu=torch.cuda.get_device_name(a.device), triton=triton.__version__,

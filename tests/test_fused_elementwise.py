@@ -105,8 +105,10 @@ def test_model_forward_same_with_fused_switch(kernels, monkeypatch, dtype):
     calls = {}
     for name in ("ln_modulate", "gated_residual", "rms_rope"):
         real = getattr(fused._kernels(), name)
-        monkeypatch.setattr(fused._kernels(), name,
-                            lambda *a, _real=real, _name=name: calls.update({_name: calls.get(_name, 0) + 1}) or _real(*a))
+        def counted(*a, _real=real, _name=name):
+            calls[_name] = calls.get(_name, 0) + 1
+            return _real(*a)
+        monkeypatch.setattr(fused._kernels(), name, counted)
     model = build_model(TINY_INFINITETALK, device=kernels, dtype=dtype, seed=2).eval()
     g = torch.Generator().manual_seed(0)
     r = lambda *s: torch.randn(*s, generator=g).to(kernels)   # noqa: E731

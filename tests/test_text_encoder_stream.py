@@ -134,7 +134,10 @@ def test_text_encode_node_blocks_on_gpu_choice(monkeypatch):
     t5 = build_text_encoder("cpu", torch.float32, tiny=True)
     calls = []
     real = t5.encode
-    monkeypatch.setattr(t5, "encode", lambda prompts, stream=False: (calls.append(stream), real(prompts, stream=stream))[1])
+    def encode(prompts, stream=False):
+        calls.append(stream)
+        return real(prompts, stream=stream)
+    monkeypatch.setattr(t5, "encode", encode)
     node = WanFP4TextEncode()
     outs = [node.encode(t5, *PROMPTS, blocks_on_gpu=choice)[0] for choice in ("one at a time", "all", "auto")]
     assert calls == [True, False, False]
