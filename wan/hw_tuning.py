@@ -385,13 +385,6 @@ def measured_vs_predicted(plan: Plan, measured_bytes: int) -> str:
             f"{pred / GiB:.2f} GiB ({diff:+.0f}%)")
 
 
-def log_measured_peak(plan: Plan, device=None) -> str | None:
-    """After the run: log torch.cuda.max_memory_allocated next to the prediction (None on CPU)."""
-    if not plan.gpu.is_cuda or not torch.cuda.is_available():
-        return None
-    return info(measured_vs_predicted(plan, torch.cuda.max_memory_allocated(device)))
-
-
 # ----------------------------------------------------------------------------- out of memory
 def _get(settings, name, default=None):
     return settings.get(name, default) if isinstance(settings, dict) else getattr(settings, name, default)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..log import info, warn
-from .hw_tuning import measured_vs_predicted, oom_guard
+from .hw_tuning import log_plan, measured_vs_predicted, oom_guard, plan_run, text_encoder_streams
 from .model_cache import MODEL_CACHE, make_key
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -148,8 +148,6 @@ def load_audio_encoder(path: str, device=None):
 def encode_text(text_encoder, positive: str, negative: str, offload: bool = True, stream: bool | None = None) -> dict:
     """Both prompts in one call. stream: umT5 one block at a time on the GPU (None: the encoder's
     `streaming` setting, "auto" = whole when it fits in the free VRAM, hw_tuning.text_encoder_streams)."""
-    from .hw_tuning import text_encoder_streams
-
     if stream is None:
         stream, why = text_encoder_streams(text_encoder, getattr(text_encoder, "streaming", "auto"))
         if stream:
@@ -200,7 +198,6 @@ def trim_audio(audio: dict, seconds: float) -> dict:
 def _plan_and_apply(model: DiffusionModel, settings):
     """Auto hardware tuning on CUDA: log the plan; with `auto` on, apply its block swap / CFG batching."""
     from .block_swap import apply_block_swap
-    from .hw_tuning import log_plan, plan_run
 
     tuning = model.tuning or {}
     plan = plan_run(model.model, model.quant_mode, model.attention_modes["self"], settings, tuning, model.device)
