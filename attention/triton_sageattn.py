@@ -6,8 +6,6 @@ They reproduce the numerics of attention/reference.py (the spec), fused into fla
   sageattn3(q, k, v)      the same Q.K, P.V in the input's 16-bit type.              sm_80+
   sageattn3_fp4(q, k, v)  NVFP4 Q, K, P, V through tl.dot_scaled (triton_sageattn_fp4.py): native
                           on sm_100/sm_120, emulated by Triton elsewhere (numerics proof only).
-On sm_90 the fused attention itself runs as the hand-scheduled Gluon kernel of gluon_sageattn.py (same
-quantized inputs, async wgmma overlapped with the softmax); elsewhere as the Triton kernel here.
 Quantization runs as separate, memory-bound Triton passes (about 1-2% of the attention time at
 Wan shapes); their time is part of every call. Head dims 64 and 128 (any power of two 16..256).
 """
@@ -16,8 +14,6 @@ from __future__ import annotations
 import math
 
 import torch
-
-from ..log import warn
 
 try:  # Triton ships with CUDA builds of torch; CPU-only installs have none and never call this.
     import triton
@@ -28,15 +24,13 @@ except ImportError:  # pragma: no cover - depends on the install
 
 LOG2E = 1.4426950408889634
 _HALF = (torch.float16, torch.bfloat16)
-# Tile configuration per (pv_fp8, head_dim): BM, BN, num_warps, num_stages, prefetch, warp-specialize[,
-# K scales loaded one block ahead].
+# Tile configuration per (pv_fp8, head_dim): BM, BN, num_warps, num_stages, prefetch, warp-specialize.
 # Chosen by bench/kernels.py --tune on the H200; other GPUs use the same (correct, maybe not fastest).
 CONFIGS: dict[tuple[bool, int], tuple] = {
     (True, 128): (128, 128, 8, 3, True, False), (False, 128): (128, 64, 4, 3, False, False),
     (True, 64): (128, 128, 8, 3, True, False), (False, 64): (128, 64, 4, 3, False, False),
 }
 USE_TMA = True          # tensor descriptors (TMA) on sm_90+; plain loads elsewhere
-_STATE = {"gluon_failed": False}
 
 
 def _capability(device) -> tuple[int, int] | None:
@@ -120,36 +114,15 @@ def _descriptor(t: torch.Tensor, block: list[int]):
     return TensorDescriptor.from_tensor(t, block)
 
 
-def _kernel_for(q: torch.Tensor, pv_fp8: bool, kernel: str | None) -> str:
-    """"gluon" (Hopper, hand-scheduled wgmma) or "triton" (portable), from `kernel` or the environment."""
-    from . import gluon_sageattn as G
-    wanted = kernel or G.choice()
-    if wanted == "triton" or _STATE["gluon_failed"]:
-        return "triton"
-    why = G.unsupported_reason(q.device, q.shape[-1])
-    if wanted == "gluon" and why:
-        raise RuntimeError(f"sageattn Gluon kernel requested (WANFP4_SAGEATTN_KERNEL=gluon) but {why}")
-    return "triton" if why else "gluon"
-
-
-def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = None,
-                    kernel: str | None = None) -> torch.Tensor:
-    """Quantize, then run the Gluon kernel on Hopper or the Triton kernel elsewhere (kernel= forces one;
-    config= a tile tuple of that kernel, for bench/kernels.py --tune)."""
+def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = None) -> torch.Tensor:
     out_dtype = q.dtype
     if q.dtype not in _HALF:                        # fp32 inputs: 16-bit P.V as bf16, as the reference
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    which = _kernel_for(q, pv_fp8, kernel)
-    if which == "gluon":
-        from . import gluon_sageattn as G
-        config = tuple(config) if config else G.config_for(pv_fp8, d)
-        bm, bn = config[:2]
-    else:
-        config = tuple(config) if config else CONFIGS.get((pv_fp8, d), (128, 64, 4, 2))
-        bm, bn, warps, stages, prefetch, ws, ks_ahead = (config + (False, False, False)[len(config) - 4:])[:7]
-        use_tma = (USE_TMA and torch.cuda.get_device_capability(q.device)[0] >= 9) if use_tma is None else use_tma
+    bm, bn, warps, stages, prefetch, ws = (tuple(config) + (False, False))[:6] if config else \
+        CONFIGS.get((pv_fp8, d), (128, 64, 4, 2, False, False))
+    use_tma = (USE_TMA and torch.cuda.get_device_capability(q.device)[0] >= 9) if use_tma is None else use_tma
     lq_pad, lk_pad = _padded(lq, bm), _padded(lk, max(bn, 16))
     kmean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()                   # [B, H, D]
     qc, qs = quant_int8_rows(q, None, lq_pad)
@@ -163,21 +136,6 @@ def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = N
         v_stride = h * d
         v_block = [bn, d]
     out = torch.empty(b, lq, h, d, dtype=q.dtype, device=q.device)
-    qk_scale = LOG2E / math.sqrt(d)
-    if which == "gluon":
-        triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=q.device))
-        try:
-            G.launch(qc, qs, kc, ks, vsrc, vs, out, lq, lq_pad, lk, lk_pad, h, qk_scale, pv_fp8, config)
-            return out if out.dtype == out_dtype else out.to(out_dtype)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a Triton build it does not compile on: portable kernel
-            if kernel == "gluon" or G.choice() == "gluon":
-                raise
-            _STATE["gluon_failed"] = True
-            warn(f"sageattn Hopper (Gluon) kernel failed ({type(err).__name__}: {str(err)[:200]}); using the "
-                 "portable Triton kernel for the rest of this process (WANFP4_SAGEATTN_KERNEL=triton skips it)")
-        return _int8_attention(q, k, v, pv_fp8, kernel="triton").to(out_dtype)
     if use_tma:
         triton.set_allocator(lambda size, align, stream: torch.empty(size, dtype=torch.int8, device=q.device))
         q_src, k_src, v_src = _descriptor(qc, [bm, d]), _descriptor(kc, [bn, d]), _descriptor(vsrc, v_block)
@@ -185,9 +143,8 @@ def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = N
         q_src, k_src, v_src = qc, kc, vsrc
     grid = (lq_pad // bm, b * h)
     _k.attn_int8_kernel[grid](q_src, qs, k_src, ks, v_src, vs, out, lq, lq_pad, lk, lk_pad, h,
-                              out.stride(0), out.stride(1), out.stride(2), qk_scale, v_stride,
+                              out.stride(0), out.stride(1), out.stride(2), LOG2E / math.sqrt(d), v_stride,
                               D=d, BM=bm, BN=bn, PV_FP8=pv_fp8, USE_TMA=use_tma, PREFETCH=prefetch, WS=ws,
-                              KS_AHEAD=bool(ks_ahead),
                               num_warps=warps, num_stages=stages)
     return out if out.dtype == out_dtype else out.to(out_dtype)
 

@@ -89,9 +89,10 @@ def _qk(q, k_src, kv_row, n0, D: tl.constexpr, BN: tl.constexpr, USE_TMA: tl.con
 
 
 @triton.jit
-def _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n0, L, Lpad_or_hd,
+def _softmax_pv(acc, m_i, l_i, s, qs, ks_ptr, v_src, kv_row, v_row, v_col, n0, L, Lpad_or_hd,
                 PV_FP8: tl.constexpr, MASK: tl.constexpr, D: tl.constexpr, BN: tl.constexpr,
                 USE_TMA: tl.constexpr):
+    ks = tl.load(ks_ptr + kv_row + n0 + tl.arange(0, BN))
     x = s.to(tl.float32) * ks[None, :]
     if MASK:
         x = tl.where((n0 + tl.arange(0, BN))[None, :] < L, x, float("-inf"))
@@ -113,8 +114,7 @@ def _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n0, L, Lp
 def attn_int8_kernel(q_src, qs_ptr, k_src, ks_ptr, v_src, vs_ptr, o_ptr, Lq, Lq_pad, L, Lpad, H,
                      sob, sol, soh, qk_scale, v_row_stride,
                      D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, PV_FP8: tl.constexpr,
-                     USE_TMA: tl.constexpr, PREFETCH: tl.constexpr = False, WS: tl.constexpr = False,
-                     KS_AHEAD: tl.constexpr = False):
+                     USE_TMA: tl.constexpr, PREFETCH: tl.constexpr = False, WS: tl.constexpr = False):
     """One [BM, D] output tile of one (batch, head): INT8 Q.K (per-token scales), online softmax
     in exp2, P.V in e4m3 (PV_FP8) or in the input's 16-bit type, fp32 accumulation.
     PREFETCH issues the next block's Q.K before this block's softmax so the tensor cores work on it
@@ -139,34 +139,22 @@ def attn_int8_kernel(q_src, qs_ptr, k_src, ks_ptr, v_src, vs_ptr, o_ptr, Lq, Lq_
     if PREFETCH:
         n_last = tl.cdiv(L, BN) * BN - BN
         s = _qk(q, k_src, kv_row, 0, D, BN, USE_TMA)
-        ks = tl.load(ks_ptr + kv_row + tl.arange(0, BN))
         for n0 in tl.range(0, n_last, BN, warp_specialize=WS):
             s_next = _qk(q, k_src, kv_row, n0 + BN, D, BN, USE_TMA)
-            ks_next = tl.load(ks_ptr + kv_row + n0 + BN + tl.arange(0, BN))
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n0, L,
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks_ptr, v_src, kv_row, v_row, v_col, n0, L,
                                         v_row_stride, PV_FP8, False, D, BN, USE_TMA)
             s = s_next
-            ks = ks_next
-        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n_last, L,
+        acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks_ptr, v_src, kv_row, v_row, v_col, n_last, L,
                                     v_row_stride, PV_FP8, True, D, BN, USE_TMA)
     else:
         n_full = (L // BN) * BN
-        ks = tl.load(ks_ptr + kv_row + tl.arange(0, BN))
         for n0 in tl.range(0, n_full, BN, warp_specialize=WS):
             s = _qk(q, k_src, kv_row, n0, D, BN, USE_TMA)
-            if KS_AHEAD:    # next block's K scales: the load's latency spans this block's softmax
-                nxt = n0 + BN + tl.arange(0, BN)
-                ks_next = tl.load(ks_ptr + kv_row + nxt, mask=nxt < Lpad, other=1.0)
-            else:
-                ks = tl.load(ks_ptr + kv_row + n0 + tl.arange(0, BN))
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n0, L,
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks_ptr, v_src, kv_row, v_row, v_col, n0, L,
                                         v_row_stride, PV_FP8, False, D, BN, USE_TMA)
-            if KS_AHEAD:
-                ks = ks_next
         if n_full < L:
             s = _qk(q, k_src, kv_row, n_full, D, BN, USE_TMA)
-            ks = tl.load(ks_ptr + kv_row + n_full + tl.arange(0, BN))
-            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks, v_src, kv_row, v_row, v_col, n_full, L,
+            acc, m_i, l_i = _softmax_pv(acc, m_i, l_i, s, qs, ks_ptr, v_src, kv_row, v_row, v_col, n_full, L,
                                         v_row_stride, PV_FP8, True, D, BN, USE_TMA)
     cols = tl.arange(0, D)
     out = acc / l_i[:, None]

@@ -113,10 +113,6 @@ def attention_kernels():
         notes.append(f"sageattention absent: {type(err).__name__}: {err}")
     kernels["sageattn3_fp8 (ours)"] = (T.sageattn3_fp8, R.reference_sageattn_3_fp8)
     kernels["sageattn3 (ours)"] = (T.sageattn3, R.reference_sageattn_3)
-    kernels["sageattn3_fp8 (ours, triton kernel)"] = (
-        lambda q, k, v: T._int8_attention(q, k, v, True, kernel="triton"), R.reference_sageattn_3_fp8)
-    kernels["sageattn3 (ours, triton kernel)"] = (
-        lambda q, k, v: T._int8_attention(q, k, v, False, kernel="triton"), R.reference_sageattn_3)
     kernels["sageattn3_fp4 (ours, emulated)"] = (sageattn3_fp4, R.reference_sageattn_3_fp4)
     return kernels, notes
 
@@ -165,30 +161,27 @@ def bench_attention(lengths, with_fp4_time=False, ref_check=True):
 
 
 def tune_attention(n=37800):
-    """Tile configs of both INT8 attention kernels at one length: ms, TF/s and error on both input kinds.
-    Triton config = (BM, BN, warps, stages, prefetch, warp_specialize[, ks_ahead]); Gluon (sm_90 only) =
-    (BM, BN, warps, STAGES[, ks_ahead]); ks_ahead loads the next block's K scales one iteration early."""
-    from wanfp4.attention import gluon_sageattn as G
+    """Tile configs of the INT8 attention kernels at one length: ms, TF/s and error on both input kinds.
+    Config = (BM, BN, warps, stages, prefetch, warp_specialize)."""
     from wanfp4.attention import triton_sageattn as T
     inputs = {kind: _attn_inputs(kind, n) for kind in ("iid", "biased_k")}
     exact = {kind: exact_heads(*inputs[kind]) for kind in inputs}
     flops = 4 * 40 * n * n * 128
-    candidates = [("triton", True, (128, 128, 8, 3, True, False)), ("triton", False, (128, 64, 4, 3, False, False)),
-                  ("triton", False, (128, 64, 4, 3, False, False, True)), ("triton", False, (128, 64, 4, 2, False, False, True))]
-    if G.unsupported_reason(inputs["iid"][0].device, 128) is None:
-        candidates += [("gluon", False, cfg) for cfg in ((64, 64, 4, 2, False), (64, 64, 4, 2, True), (64, 128, 4, 2, True))]
-        candidates += [("gluon", True, cfg) for cfg in ((64, 128, 4, 3, False), (64, 128, 4, 3, True), (64, 64, 4, 2, True))]
-    for kernel, pv_fp8, cfg in candidates:
-        try:
-            fn = lambda q, k, v: T._int8_attention(q, k, v, pv_fp8, config=cfg, kernel=kernel)   # noqa: E731
-            errs = {kind: rel(fn(*inputs[kind])[:, :, :4], exact[kind]) for kind in inputs}
-            q, k, v = inputs["iid"]
-            ms = _bench(lambda: fn(q, k, v), 40)
-            print(f"tune {kernel} pv_fp8={pv_fp8} cfg={cfg}: {ms:.2f} ms {flops / ms / 1e9:.0f} TF/s "
-                  f"err iid {errs['iid']:.4f} biased_k {errs['biased_k']:.4f}", flush=True)
-        except Exception as err:  # noqa: BLE001 - one failing config must not hide the others
-            print(f"tune {kernel} pv_fp8={pv_fp8} cfg={cfg}: FAILED {type(err).__name__}: {str(err)[:300]}",
-                  flush=True)
+    candidates = {True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
+                         (128, 64, 8, 3, True, False), (128, 128, 8, 3, True, True)],
+                  False: [(128, 64, 4, 3, False, False), (128, 128, 8, 3, True, False), (128, 64, 8, 3, True, False),
+                          (128, 128, 8, 3, False, False)]}
+    for pv_fp8 in (True, False):
+        for cfg in candidates[pv_fp8]:
+            try:
+                fn = lambda q, k, v: T._int8_attention(q, k, v, pv_fp8, config=cfg)   # noqa: E731
+                errs = {kind: rel(fn(*inputs[kind])[:, :, :4], exact[kind]) for kind in inputs}
+                q, k, v = inputs["iid"]
+                ms = _bench(lambda: fn(q, k, v), 40)
+                print(f"tune pv_fp8={pv_fp8} cfg={cfg}: {ms:.2f} ms {flops / ms / 1e9:.0f} TF/s "
+                      f"err iid {errs['iid']:.4f} biased_k {errs['biased_k']:.4f}", flush=True)
+            except Exception as err:  # noqa: BLE001 - one failing config must not hide the others
+                print(f"tune pv_fp8={pv_fp8} cfg={cfg}: FAILED {type(err).__name__}: {str(err)[:200]}", flush=True)
 
 
 # ----------------------------------------------------------------------------- linear
