@@ -1,15 +1,14 @@
 """Auto hardware tuning: activation formula against a measured peak of our block code, exact weight
 sizes against real quantized models, plans on simulated GPUs (3060 / 4090 / 5090 / H100 / H200),
 minimality of blocks_to_swap, VAE / encoder decisions, the plan text, OOM advice and the guard."""
-import logging
 from dataclasses import replace
 
 import pytest
 import torch
 
+from log_capture import captured_lines
 from memory_tracker import PeakTracker
 from wanfp4 import quant
-from wanfp4.log import get_logger
 from wanfp4.wan import hw_tuning as hw
 from wanfp4.wan import memory_sizes as ms
 from wanfp4.wan.blocks import BlockInputs
@@ -176,15 +175,9 @@ def test_format_plan_is_one_readable_block():
     for part in (f"block swap: {p.blocks_to_swap}/40", f"quantization: {p.quant_mode}", "attention:",
                  "predicted peak:", "limit 12.0 GiB (50% of VRAM): fits", "VAE:", "encoders:"):
         assert part in text, part
-    records = []
-    h = logging.Handler()
-    h.emit = records.append
-    get_logger().addHandler(h)
-    try:
+    with captured_lines() as lines:
         hw.log_plan(p)
-    finally:
-        get_logger().removeHandler(h)
-    assert len(records) == 1 and records[0].getMessage() == text
+    assert len(lines) == 1 and lines[0] == text
 
 
 def test_measured_vs_predicted_line():

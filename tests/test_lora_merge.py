@@ -1,12 +1,11 @@
 """LoRA merge for every key layout, against W + strength * scale * (B @ A) computed here."""
-import logging
 
 import pytest
 import torch
 import torch.nn as nn
 from safetensors.torch import save_file
+from log_capture import captured_lines
 
-from wanfp4.log import get_logger
 from wanfp4.quant import LoraError, QuantLinear, merge_loras
 
 
@@ -98,14 +97,8 @@ def test_unknown_keys_warn_and_no_match_raises(tmp_path):
                                             "blocks.0.self_attn.q.dora_scale": torch.ones(12),
                                             "blocks.7.self_attn.q.lora_A.weight": a.clone(),
                                             "blocks.7.self_attn.q.lora_B.weight": b.clone()})
-    lines = []
-    handler = logging.Handler()
-    handler.emit = lambda rec: lines.append(rec.getMessage())
-    get_logger().addHandler(handler)
-    try:
+    with captured_lines() as lines:
         merge_loras(m, [(ok, 1.0)])   # warns once, does not raise
-    finally:
-        get_logger().removeHandler(handler)
     err = "\n".join(lines)
     assert "[WARN] LoRA" in err and "ignored 1 unknown keys (dora_scale: 1) and 1 layers not in the model" in err
     assert "merged into 1 layers" in err
