@@ -109,8 +109,9 @@ def text_encoder_streams(encoder, streaming: str = "auto", gpu: GpuInfo | None =
     c, sz = encoder.model.config, encoder.sizes()
     dims = dict(d_model=c.d_model, inner=c.num_heads * c.d_kv, heads=c.num_heads, d_ff=c.d_ff)
     item = torch.empty((), dtype=encoder.dtype).element_size()
-    streamed = t5_streamed_bytes(sz["largest_block"] + sz["norm"], act_bytes=item, **dims)
-    whole = sz["blocks"] + sz["norm"] + streamed - sz["largest_block"]
+    work = t5_streamed_bytes(0, act_bytes=item, **dims)          # activations + prompt rows in/out
+    streamed = sz["largest_block"] + sz["norm"] + work
+    whole = sz["blocks"] + sz["norm"] + work
     if streaming != "auto":
         return decide_t5_streaming(streaming, 0, whole, streamed, 0)
     gpu = gpu or detect_gpu(dev)
