@@ -7,7 +7,8 @@ They reproduce the numerics of attention/reference.py (the spec), fused into fla
   sageattn3_fp4(q, k, v)  NVFP4 Q, K, P, V through tl.dot_scaled (triton_sageattn_fp4.py): native
                           on sm_100/sm_120, emulated by Triton elsewhere (numerics proof only).
 Quantization runs as separate, memory-bound Triton passes (about 1-2% of the attention time at
-Wan shapes); their time is part of every call. Head dims 64 and 128 (any power of two 16..256).
+Wan shapes); their time is part of every call. Head dims 64 and 128 (any power of two 32..256: the INT8
+Q.K MMA needs K >= 32).
 """
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def _capability(device) -> tuple[int, int] | None:
     return torch.cuda.get_device_capability(device)
 
 
+def head_dim_ok(head_dim: int) -> bool:
+    """A power of two in 32..256: the INT8 Q.K MMA needs K >= 32 (Triton refuses smaller dots)."""
+    return 32 <= head_dim <= 256 and not head_dim & (head_dim - 1)
+
+
 def unsupported_reason(device=None, head_dim: int | None = None, dtype: torch.dtype | None = None,
                        min_sm: int = 80) -> str | None:
     """None when the Triton kernels can run there, else a user-facing reason."""
@@ -50,8 +56,8 @@ def unsupported_reason(device=None, head_dim: int | None = None, dtype: torch.dt
         return "needs a CUDA GPU"
     if cap[0] * 10 + cap[1] < min_sm:
         return f"needs sm_{min_sm}+, this GPU is sm_{cap[0]}{cap[1]}"
-    if head_dim is not None and (head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1)):
-        return f"head dim {head_dim} is not a power of two in 16..256"
+    if head_dim is not None and not head_dim_ok(head_dim):
+        return f"head dim {head_dim} is not a power of two in 32..256"
     if dtype is not None and dtype not in _HALF + (torch.float32,):
         return f"dtype {dtype} is not fp16/bf16/fp32"
     return None
@@ -171,8 +177,8 @@ def registry_supports(min_sm: int):
             return "needs a CUDA GPU"
         if env.sm < min_sm:
             return f"the Triton kernel needs sm_{min_sm}+ ({env.gpu_text()})"
-        if head_dim is not None and (head_dim < 16 or head_dim > 256 or head_dim & (head_dim - 1)):
-            return f"the Triton kernel needs a power-of-two head dim in 16..256, got {head_dim}"
+        if head_dim is not None and not head_dim_ok(head_dim):
+            return f"the Triton kernel needs a power-of-two head dim in 32..256, got {head_dim}"
         if dtype is not None and dtype not in _HALF + (torch.float32,):
             return f"the Triton kernel takes fp16/bf16/fp32, got {dtype}"
         return None

@@ -127,6 +127,17 @@ def test_triton_kernels_take_their_modes_where_the_gpu_supports_them(lines):
     assert len(hints) == 1 and hints[0].startswith("[INFO] sageattn_3_fp8 on Hopper (sm_90)")   # once, only on sm_90
 
 
+def test_triton_kernels_refuse_head_dims_their_int8_mma_cannot_take():
+    """Triton's INT8 dot needs K >= 32: head dim 16 must fall back, not fail to compile on the GPU."""
+    pytest.importorskip("triton")
+    from wanfp4.attention.triton_sageattn import registry_supports
+    assert registry_supports(80)(sim(90, "triton"), 16, BF16) == (
+        "the Triton kernel needs a power-of-two head dim in 32..256, got 16")
+    assert registry_supports(80)(sim(90, "triton"), 32, BF16) is None
+    res = resolve("sageattn_3", sim(90, "triton"), 16, BF16)       # the PyTorch reference, with the reason logged
+    assert res.impl.name == "reference" and "head dim in 32..256, got 16" in res.slow_note
+
+
 def test_hopper_hint_only_for_our_triton_fp8_kernel():
     """The advice rests on our Triton kernels' H200 measurement: other implementations and GPUs get none."""
     impl = registry.Implementation("sageattn_3_fp8", "triton", backends.sdpa)
