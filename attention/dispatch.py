@@ -83,6 +83,7 @@ def choice(mode: str, q: torch.Tensor, force_reference: bool = False) -> Resolut
     return res
 
 
+@torch.compiler.disable   # opaque to TorchDynamo (wan/block_compile.py): the dispatch picks and runs a kernel
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mode: str = "sdpa", *,
               force_reference: bool = False, _retry: bool = True) -> torch.Tensor:
     """Softmax attention of q [B, Lq, H, D] over k, v [B, Lk, H, D]; returns [B, Lq, H, D] in q's dtype.

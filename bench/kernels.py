@@ -264,14 +264,18 @@ DIT_MODES = {   # quantization mode -> attention modes timed with it
 
 
 def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda",
-              fused_variants: tuple[bool, ...] = (True,), modes: dict | None = None, peer: bool = True) -> None:
-    """One batch-1 DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every
-    mode) per (quantization, attention) mode; ratio against bf16 + SDPA, error = relative difference
-    of the output to bf16 + SDPA's. diffusers' WanTransformer3DModel as the peer. fused_variants: time each
-    mode without and/or with the fused element-wise kernels (wan/fused.py)."""
+              variants: tuple[tuple[bool, bool], ...] = ((True, False),), modes: dict | None = None,
+              peer: bool = True, batch: int = 1) -> None:
+    """One DiT forward of the 14B I2V + InfiniteTalk model (random weights, same seed for every mode) per
+    (quantization, attention) mode; ratio against the first row, error = relative difference of the output
+    to the first row's. diffusers' WanTransformer3DModel as the peer. variants: (fused element-wise kernels
+    of wan/fused.py on?, torch.compile of the blocks of wan/block_compile.py on?) pairs to time each mode in."""
     import gc
 
+    from torch._dynamo.utils import counters
+
     from wanfp4.wan import fused
+    from wanfp4.wan.block_compile import compile_blocks
 
     from wanfp4.wan import services
     from wanfp4.bench.dit_forward import dit_inputs, time_calls, time_diffusers_forward
@@ -281,7 +285,7 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
     dtype = torch.bfloat16
     default_fused = fused.fused_enabled()
     shape = f"{width}x{height}x{frames}f ({(frames - 1) // 4 + 1} x {height // 16} x {width // 16} tokens)"
-    args, kw = dit_inputs(cfg, 1, width, height, frames, device, dtype)
+    args, kw = dit_inputs(cfg, batch, width, height, frames, device, dtype)
     base = ref = None
     for mode, attns in (modes or DIT_MODES).items():
         try:
@@ -290,24 +294,30 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
             _row(group="dit", mode=mode, shape=shape, note=f"FAILED build {type(err).__name__}: {str(err)[:300]}")
             continue
         for attn in attns:
-            for fz in fused_variants:
-                name = f"{mode} + {attn}" + (" + fused elementwise" if fz else "")
+            for fz, comp in variants:
+                name = (f"{mode} + {attn}" + (" + fused elementwise" if fz else "")
+                        + (" + torch.compile" if comp else "") + (f", batch {batch}" if batch != 1 else ""))
                 try:
                     fused.set_fused(fz)
                     dm = services.prepare_diffusion_model(model, attn, None, device, dtype)
+                    compile_blocks(dm.model, comp)
+                    graphs = counters["stats"]["unique_graphs"]
                     ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
                     with torch.inference_mode():
                         out = dm.model(*args, **kw).float()
                     if ref is None:
                         base, ref = ms, out
+                    extra = f"; {counters['stats']['unique_graphs'] - graphs} graphs compiled" if comp else ""
                     _row(group="dit", mode=name, shape=shape, ms=_fmt(ms, 0), ratio=_fmt(base / ms, 2),
                          vs_ref=_fmt(rel(out, ref), 4),
-                         note=f"first call {first:.0f} ms; peak {peak / 2**30:.1f} GiB; vs ref = output vs bf16+sdpa")
+                         note=f"first call {first:.0f} ms; peak {peak / 2**30:.1f} GiB; vs ref = output vs the first "
+                              f"row{extra}")
                     del out
                 except Exception as err:  # noqa: BLE001
                     _row(group="dit", mode=name, shape=shape, note=f"FAILED {type(err).__name__}: {str(err)[:300]}")
                 finally:
                     fused.set_fused(default_fused)
+                    compile_blocks(model, False)
         del model
         gc.collect()
         torch.cuda.empty_cache()
@@ -349,6 +359,9 @@ def main(argv=None) -> int:
                     help="--dit: time each mode without and with the fused element-wise kernels (default: with)")
     ap.add_argument("--dit-modes", nargs="+", metavar="QUANT:ATTN",
                     help="--dit: only these (quantization, attention) pairs; the first one is the reference")
+    ap.add_argument("--compile", action="store_true",
+                    help="--dit: also time each mode with torch.compile of the blocks (wan/block_compile.py)")
+    ap.add_argument("--dit-batch", type=int, default=1, help="--dit: batch size (3 = the sampler's batched CFG)")
     ap.add_argument("--no-peer", action="store_true", help="--dit: skip diffusers' forward")
     ap.add_argument("--md", help="write the table as markdown here")
     a = ap.parse_args(argv)
@@ -371,7 +384,9 @@ def main(argv=None) -> int:
             for pair in a.dit_modes:
                 quant, _, attn = pair.partition(":")
                 modes[quant] = modes.get(quant, ()) + (attn,)
-        bench_dit(*a.dit_size, fused_variants=(False, True) if a.fused else (True,), modes=modes, peer=not a.no_peer)
+        variants = [(fz, comp) for fz in ((False, True) if a.fused else (True,))
+                    for comp in ((False, True) if a.compile else (False,))]
+        bench_dit(*a.dit_size, variants=tuple(variants), modes=modes, peer=not a.no_peer, batch=a.dit_batch)
     if a.linear or not (a.attn or a.tune or a.dit):
         shapes = [(m, k, n) for m in (37800, 512) for k, n in ((5120, 5120), (5120, 13824), (13824, 5120))]
         bench_linear(shapes)

@@ -5,7 +5,8 @@ They only package the user's choice; the loader and sampler act on it.
 from __future__ import annotations
 
 from . import host
-from .types import ATTENTION_CONFIG, ATTENTION_MODES, CATEGORY, LORAS, NONE, QUANT_CONFIG, QUANT_MODES, TUNING_CONFIG
+from .types import (ATTENTION_CONFIG, ATTENTION_MODES, CATEGORY, LORAS, NONE, QUANT_CONFIG, QUANT_MODES, TORCH_COMPILE,
+                    TUNING_CONFIG, VAE_TILING)
 
 
 class WanFP4Quantization:
@@ -95,21 +96,29 @@ class WanFP4HardwareTuning:
                     "default": False,
                     "tooltip": "Also keep the text/image embedding layers and the audio projection on the CPU side.",
                 }),
-                "vae_tiling": (["auto", "on", "off"], {
+                "vae_tiling": (VAE_TILING, {
                     "default": "auto",
                     "tooltip": "Spatial tiling of the VAE (less VRAM, slightly slower). auto: on when decoding "
                                "would not fit.",
                 }),
+                "torch_compile": (TORCH_COMPILE, {
+                    "default": "auto",
+                    "tooltip": "torch.compile of the transformer blocks. auto: only on GPUs where it was measured "
+                               "to help (the pack's fused kernels already cover most of what it would fuse). on: "
+                               "always (the first run of each resolution spends some seconds compiling).",
+                }),
             },
         }
 
-    def configure(self, blocks_to_swap, auto_tuning, vram_threshold_percent, offload_embeddings=False, vae_tiling="auto"):
+    def configure(self, blocks_to_swap, auto_tuning, vram_threshold_percent, offload_embeddings=False, vae_tiling="auto",
+                  torch_compile="auto"):
         return ({
             "blocks_to_swap": int(blocks_to_swap),
             "auto": bool(auto_tuning),
             "vram_threshold": float(vram_threshold_percent) / 100.0,
             "offload_embeddings": bool(offload_embeddings),
             "vae_tiling": vae_tiling,
+            "torch_compile": torch_compile,
         },)
 
 

@@ -1,5 +1,6 @@
 """Socket type names and the option lists the nodes offer (one place, so workflows and nodes agree)."""
 
+from ..wan.block_compile import CHOICES as _COMPILE_CHOICES
 from ..wan.schedulers import SCHEDULER_NAMES
 
 CATEGORY = "WanFP4"
@@ -25,5 +26,7 @@ ATTENTION_MODES = [
     "auto", "sdpa", "flash_attn_2", "flash_attn_3", "sageattn", "sageattn_3", "sageattn_3_fp8", "sageattn_3_fp4",
 ]
 BASE_PRECISIONS = ["bf16", "fp16", "fp32"]
+TORCH_COMPILE = list(_COMPILE_CHOICES)
+VAE_TILING = ["auto", "on", "off"]
 SCHEDULERS = list(SCHEDULER_NAMES)
 NONE = "none"

@@ -51,6 +51,7 @@ def select_kernel(path: str, module: torch.nn.Module, x: torch.Tensor) -> tuple[
     raise RuntimeError(f"no kernel for compute path {path!r} on {x.device.type}")
 
 
+@torch.compiler.disable   # opaque to TorchDynamo (wan/block_compile.py): kernels with their own launch code
 def quant_linear_forward(module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Entry point used by QuantLinear.forward: flattens leading dims and dispatches."""
     lead = x.shape[:-1]

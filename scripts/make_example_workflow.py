@@ -32,7 +32,7 @@ NODES = [
     (12, "WanFP4Attention", None, [360, -280], {"mode": "sageattn_3_fp4"}, {}),
     (13, "WanFP4HardwareTuning", None, [360, -180],
      {"blocks_to_swap": 40, "auto_tuning": True, "vram_threshold_percent": 50, "offload_embeddings": False,
-      "vae_tiling": "auto"}, {}),
+      "vae_tiling": "auto", "torch_compile": "auto"}, {}),
     (14, "WanFP4ModelLoader", None, [720, -360],
      {"model": "wan2.1_i2v_480p_14B_bf16.safetensors", "infinitetalk_patch": "wan2.1_infiniteTalk_single_fp16.safetensors",
       "base_precision": "bf16"},

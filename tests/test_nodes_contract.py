@@ -68,7 +68,7 @@ def test_selector_nodes_return_their_choice():
     assert a["mode"] == "sageattn_3_fp8"
     t = NODE_CLASS_MAPPINGS["WanFP4HardwareTuning"]().configure(40, True, 50)[0]
     assert t == {"blocks_to_swap": 40, "auto": True, "vram_threshold": 0.5, "offload_embeddings": False,
-                 "vae_tiling": "auto"}
+                 "vae_tiling": "auto", "torch_compile": "auto"}
 
 
 def test_mode_lists_match_the_issue():

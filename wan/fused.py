@@ -8,7 +8,6 @@ so outputs differ from the PyTorch path only by rounding order.
 """
 from __future__ import annotations
 
-import functools
 import os
 
 import torch
@@ -27,13 +26,16 @@ def fused_enabled() -> bool:
     return _STATE["enabled"]
 
 
-@functools.lru_cache(maxsize=1)
 def _kernels():
-    try:
-        from . import triton_fused
-        return triton_fused
-    except Exception:   # no Triton (CPU builds of torch): the PyTorch path stays
-        return None
+    """The Triton kernel module, or None without Triton; resolved once. A plain dict read afterwards, so
+    TorchDynamo traces it as a constant (wan/block_compile.py resolves it before compiling)."""
+    if "kernels" not in _STATE:
+        try:
+            from . import triton_fused
+            _STATE["kernels"] = triton_fused
+        except Exception:   # no Triton (CPU builds of torch): the PyTorch path stays
+            _STATE["kernels"] = None
+    return _STATE["kernels"]
 
 
 def _use(*ts: torch.Tensor) -> bool:
@@ -44,6 +46,7 @@ def _use(*ts: torch.Tensor) -> bool:
         torch.bfloat16, torch.float16, torch.float32)
 
 
+@torch.compiler.disable   # opaque to TorchDynamo (wan/block_compile.py); the PyTorch path stays traceable
 def _launch(name: str, *args):
     """The kernel's result, or None after switching the fused path off when it fails (a Triton build
     or GPU it does not compile for): the caller then runs the PyTorch path. Out-of-memory propagates."""

@@ -154,6 +154,7 @@ class Plan:
     t5_bytes: int = 0                # its GPU bytes during the encode (whole or streamed; 0: not planned)
     stage_peaks: dict = field(default_factory=dict)   # predicted peak per stage: t5, clip, audio, vae_encode, ...
     whole_run_peak: int = 0          # the largest of stage_peaks
+    torch_compile: bool = False      # compile the transformer blocks (wan/block_compile.py)
     reasons: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
 
@@ -357,6 +358,8 @@ def format_plan(plan: Plan) -> str:
         f"  VAE: {r.get('vae')}; DiT {'leaves VRAM for the decode' if plan.dit_leaves_for_decode else 'stays on the GPU during decode'}",
         f"  encoders: {r.get('encoders')}",
     ]
+    if "compile" in r:
+        lines.append(f"  torch.compile: {'on' if plan.torch_compile else 'off'} ({r['compile']})")
     if "t5" in r:
         lines.append(f"  umT5 encode: {g(plan.t5_bytes)} on the GPU, {r['t5']}")
     names = {"t5": "T5", "clip": "CLIP", "audio": "audio", "vae_encode": "VAE encode", "sampling": "sampling",
@@ -452,10 +455,13 @@ def plan_run(model, quant_mode: str, attention_mode: str, settings, tuning: dict
     """Convenience for the sampler: plan for a loaded WanModel, GenerationSettings and the tuning dict.
     On a GPU the encoders' share is what is on the GPU now besides the DiT and the VAE (the encoder
     nodes have already run and unloaded, or not, by the time the sampler plans)."""
+    from . import fused
+    from .block_compile import COMPILE_PEAK_NOTE, decide_compile
+
     tuning = tuning or {}
     gpu = gpu or detect_gpu(device)
     other = other_resident_bytes(model, device) if gpu.is_cuda else None
-    return plan_memory(
+    plan = plan_memory(
         gpu, model.config, quant_mode, attention_mode, int(_get(settings, "width")), int(_get(settings, "height")),
         int(_get(settings, "frames")), int(tuning.get("blocks_to_swap", 0)), float(tuning.get("vram_threshold", 0.5)),
         auto=bool(tuning.get("auto", False)), dtype=getattr(model, "activation_dtype", None) or torch.bfloat16,
@@ -463,3 +469,9 @@ def plan_run(model, quant_mode: str, attention_mode: str, settings, tuning: dict
         batch_cfg=bool(_get(settings, "batch_cfg", True)), offload_embeddings=bool(tuning.get("offload_embeddings", False)),
         vae_tiling=str(tuning.get("vae_tiling", "auto")), window=int(_get(settings, "window", 81)),
         encoder_bytes=None if other is None else {"encoders and other tensors on the GPU now": other})
+    fused_on = fused.fused_enabled() and fused._kernels() is not None
+    plan.torch_compile, plan.reasons["compile"] = decide_compile(
+        str(tuning.get("torch_compile", "auto")), gpu.sm if gpu.is_cuda else None, fused_on, bool(tuning.get("auto")))
+    if plan.torch_compile:
+        plan.notes.append(f"{COMPILE_PEAK_NOTE} (not in the prediction)")
+    return plan

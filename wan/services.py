@@ -196,7 +196,9 @@ def trim_audio(audio: dict, seconds: float) -> dict:
 
 
 def _plan_and_apply(model: DiffusionModel, settings):
-    """Auto hardware tuning on CUDA: log the plan; with `auto` on, apply its block swap / CFG batching."""
+    """Auto hardware tuning on CUDA: log the plan; with `auto` on, apply its block swap / CFG batching.
+    The plan's torch.compile choice applies either way (it already weighs the tuning node's setting)."""
+    from .block_compile import compile_blocks
     from .block_swap import apply_block_swap
 
     tuning = model.tuning or {}
@@ -208,6 +210,7 @@ def _plan_and_apply(model: DiffusionModel, settings):
                          offload_embeddings=bool(tuning.get("offload_embeddings", False)))
         if plan.attention_mode != model.attention_modes["self"]:
             model.model.set_attention_modes(self_attn=plan.attention_mode)
+    compile_blocks(model.model, plan.torch_compile)
     torch.cuda.reset_peak_memory_stats(model.device)
     return plan
 
