@@ -125,6 +125,9 @@ def write_mp4(
             vstream.width, vstream.height = we, he
             vstream.pix_fmt = "yuv420p"
             vstream.options = {"crf": str(int(crf)), "preset": "medium"}
+            # Frame threads, as the ffmpeg CLI uses (PyAV defaults to slice threads): 1.25 s instead of 1.6 s
+            # for the seed's 81 frames of 640x720 on 16 cores (bench/RESULTS.md, session 4).
+            vstream.codec_context.thread_type = "FRAME"
             astream = None
             wav = None
             if audio is not None:
