@@ -7,6 +7,8 @@ Numerics are those of quant/fp8.py, quant/fp4.py and the reference kernels in qu
                       4.5 bits per weight; for large M (compute-bound) the weight is instead decoded
                       once per call into a 16-bit scratch copy and fed to cuBLAS (the decode is ~1%
                       of that GEMM and cuBLAS is faster than a Triton GEMM there).
+  mxfp4_linear_w4a16  MXFP4 (fp4_experimental) decoded in one Triton pass to a 16-bit scratch copy,
+                      then cuBLAS (the reference decode took several fp32 passes per call).
   nvfp4_linear_w4a8   NVFP4 -> e4m3 with one scale per output channel (nvfp4_to_fp8_rows, re-rounded)
                       in one Triton pass, then the fp8 GEMM above: fp8 tensor cores on sm_89/sm_90.
   nvfp4_linear_w4a4   NVFP4 activations x NVFP4 weights through tl.dot_scaled: native on sm_100/120,
@@ -135,6 +137,30 @@ def nvfp4_dequantize(w_packed, block_scales_e4m3, tensor_scale, dtype=torch.bflo
     return out
 
 
+def mxfp4_dequantize(w_packed: torch.Tensor, block_scales_e8m0: torch.Tensor, dtype=torch.bfloat16) -> torch.Tensor:
+    """MXFP4 [N, K/2] + e8m0 [N, K/32] -> dense [N, K] in `dtype` (quant.fp4.dequantize_mxfp4, cast), one
+    Triton pass instead of the reference's several fp32 passes. K here is the padded (stored) width."""
+    n, kh = w_packed.shape
+    k = 2 * kh
+    if k % 64 or tuple(block_scales_e8m0.shape) != (n, k // 32):
+        raise ValueError(f"mxfp4_dequantize: packed weight {tuple(w_packed.shape)} needs K % 64 == 0 and block "
+                         f"scales [{n}, {k // 32}], got {tuple(block_scales_e8m0.shape)}")
+    out = torch.empty(n, k, dtype=dtype, device=w_packed.device)
+    _k.mxfp4_dequant_kernel[(triton.cdiv(n, 32), k // 64)](w_packed.view(torch.uint8),
+                                                           block_scales_e8m0.view(torch.uint8), out, n, k,
+                                                           BR=32, BK=64, num_warps=4)
+    return out
+
+
+def mxfp4_linear_w4a16(x: torch.Tensor, w_packed, block_scales_e8m0, bias=None) -> torch.Tensor:
+    """y = x @ dequant(W)^T + bias for MXFP4 weights (fp4_experimental): decode once per call, cuBLAS GEMM."""
+    _need(supports(x.device), "mxfp4_linear_w4a16", x.device)
+    dt = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    w = mxfp4_dequantize(w_packed, block_scales_e8m0, dt)[:, :x.shape[-1]]
+    out = F.linear(x.to(dt), w, None if bias is None else bias.to(dt))
+    return out.to(x.dtype)
+
+
 def nvfp4_row_scales(block_scales_e4m3, tensor_scale) -> torch.Tensor:
     """Per-output-channel fp32 scale of the W4A8 operand, as quant.fp4.nvfp4_to_fp8_rows."""
     s = tensor_scale.float().reshape(()) * block_scales_e4m3.float().amax(dim=1) * (E2M1_MAX / E4M3_MAX)
@@ -234,5 +260,8 @@ def register_backends() -> None:
                     and m.out_features % 16 == 0)
     register_kernel("w4a16", lambda m, x: nvfp4_linear_w4a16(x, *_nvfp4_args(m), m.bias), "triton-w4a16",
                     priority=10, supports=lambda m, x: supports(x.device) and _nvfp4_ok(m, x))
+    register_kernel("w4a16", lambda m, x: mxfp4_linear_w4a16(x, m.weight, m.weight_block_scale, m.bias),
+                    "triton-mxfp4-decode", priority=10,
+                    supports=lambda m, x: supports(x.device) and m.storage == "mxfp4" and m.weight.shape[-1] % 32 == 0)
     register_kernel("w4a4", lambda m, x: nvfp4_linear_w4a4(x, *_nvfp4_args(m), m.bias), "triton-w4a4",
                     priority=10, supports=lambda m, x: supports_fp4_native(x.device) and _nvfp4_ok(m, x))

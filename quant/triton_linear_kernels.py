@@ -1,7 +1,8 @@
 """Triton kernels behind triton_linear.py (imported only when Triton is installed).
 
 NVFP4 weights as stored by quant/linear.py: packed uint8 [N, K/2] (element 2i in the low nibble),
-e4m3 block scales [N, K/16], fp32 tensor scale. Numerics follow quant/fp4.py and quant/fp8.py.
+e4m3 block scales [N, K/16], fp32 tensor scale; MXFP4: the same packing, e8m0 block scales [N, K/32].
+Numerics follow quant/fp4.py and quant/fp8.py.
 """
 from __future__ import annotations
 
@@ -50,6 +51,30 @@ def _nvfp4_tile(w_ptr, bs_ptr, ts, rows, k0, Kh, Kb, BR: tl.constexpr, BK: tl.co
     scale = bs * ts                                                          # as quant/fp4.dequantize_nvfp4
     vals = tl.reshape(vals, (BR, BK // 16, 16)) * scale[:, :, None]
     return tl.reshape(vals, (BR, BK))
+
+
+@triton.jit
+def _e8m0_value(code):
+    """e8m0 code (int32 0..255) -> 2^(code - 127) exactly, from the bits (255 -> NaN, as quant/fp4.decode_e8m0)."""
+    normal = (code << 23).to(tl.float32, bitcast=True)                      # codes 1..254
+    v = tl.where(code == 0, (tl.full(code.shape, 0x00400000, tl.int32)).to(tl.float32, bitcast=True), normal)
+    return tl.where(code == 255, float("nan"), v)
+
+
+@triton.jit
+def mxfp4_dequant_kernel(w_ptr, bs_ptr, out_ptr, N, K, BR: tl.constexpr, BK: tl.constexpr):
+    """MXFP4 [N, K] (K a multiple of BK, BK of 32) -> dense W in out's 16-bit dtype: quant.fp4.dequantize_mxfp4."""
+    rows = tl.program_id(0) * BR + tl.arange(0, BR)
+    k0 = tl.program_id(1) * BK
+    row_mask = rows < N
+    kh = k0 // 2 + tl.arange(0, BK // 2)
+    packed = tl.load(w_ptr + rows[:, None] * (K // 2) + kh[None, :], mask=row_mask[:, None], other=0).to(tl.int32)
+    vals = tl.reshape(tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4)), (BR, BK))
+    kb = k0 // 32 + tl.arange(0, BK // 32)
+    code = tl.load(bs_ptr + rows[:, None] * (K // 32) + kb[None, :], mask=row_mask[:, None], other=127).to(tl.int32)
+    w = tl.reshape(tl.reshape(vals, (BR, BK // 32, 32)) * _e8m0_value(code)[:, :, None], (BR, BK))
+    cols = k0 + tl.arange(0, BK)
+    tl.store(out_ptr + rows[:, None] * K + cols[None, :], w.to(out_ptr.dtype.element_ty), mask=row_mask[:, None])
 
 
 @triton.jit

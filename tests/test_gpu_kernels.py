@@ -142,6 +142,21 @@ def test_nvfp4_decode_is_reference_exact():
     assert (w8.float() != r8.float()).float().mean() < 1e-4
 
 
+def test_mxfp4_decode_is_reference_exact():
+    """fp4_experimental's one-pass decode equals quant/fp4.dequantize_mxfp4 bit for bit: in fp32 including the
+    edge e8m0 codes (0: 2^-127, 255: NaN), in bf16 for weights of a real model's range (K 640 = 20 blocks)."""
+    from wanfp4.quant.fp4 import dequantize_mxfp4, quantize_mxfp4
+    w, _, _ = _weights(272, 640)
+    wp, e = quantize_mxfp4(w)
+    assert torch.equal(TL.mxfp4_dequantize(wp, e, torch.bfloat16), dequantize_mxfp4(wp, e).bfloat16())
+    e[5, 1], e[6, 2] = 0, 255
+    got, want = TL.mxfp4_dequantize(wp, e, torch.float32), dequantize_mxfp4(wp, e)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.isnan(want).any()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+    with pytest.raises(ValueError, match="K % 64"):
+        TL.mxfp4_dequantize(wp[:, :16], e[:, :1])
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_w4a16_matches_dequantized_matmul(fused):
     w, x, bias = _weights(272, 640)
@@ -177,7 +192,7 @@ def test_backend_registration_runs_quantlinear():
     TL.register_backends()
     lin = torch.nn.Linear(640, 272).cuda().bfloat16()
     x = torch.randn(5, 37, 640, device="cuda").bfloat16()
-    for mode in ("fp8_e4m3fn_fast", "fp4_scaled"):
+    for mode in ("fp8_e4m3fn_fast", "fp4_scaled", "fp4_experimental"):
         ql = QuantLinear.from_linear(lin, mode).cuda()
         name, _ = backends.select_kernel(ql.compute_path, ql, x.view(-1, 640))
         assert name.startswith("triton"), (mode, name)
