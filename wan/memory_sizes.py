@@ -29,7 +29,10 @@ ATTENTION_WORKSPACE_PER_E = {"sdpa": 0.0, "flash_attn_2": 0.0, "flash_attn_3": 0
                              "sageattn_3": 4.0, "sageattn_3_fp8": 4.0, "sageattn_3_fp4": 3.0}
 REFERENCE_ATTENTION_PER_E = 14.0
 REFERENCE_SCORE_BYTES = 3 * 4 * (1 << 25)        # attention/reference.py SCORE_ELEMENTS fp32, ~3 alive
-# Per-call temporaries of the quantized Linear paths, in bytes per weight element of the largest Linear.
+# Per-call temporaries of the quantized Linear paths on CUDA, in bytes per weight element of the largest Linear.
+# Calibrated on the H200 sampling peaks, not derived: w4a16 now decodes to a 16-bit copy (2 B) in one Triton pass
+# for NVFP4 and MXFP4, yet the fp4_experimental low-VRAM sampling peak stayed at 6.89 GiB (session 4), so 6 B
+# (predicted 6.86) still matches it where 2 B would predict 6.59.
 QUANT_TEMP_PER_WEIGHT = {"dense": 0.0, "upcast": 6.0, "w4a16": 6.0, "w4a8": 5.0, "w8a8": 1.0, "w4a4": 1.0}
 # Wan VAE (diffusers AutoencoderKLWan at 640x720x81, H200: decode peak 5.5 GiB, tiled 1.4 GiB, §2.4).
 VAE_WEIGHT_BYTES = 127_000_000 * 2
