@@ -69,6 +69,7 @@ def decide_compile(choice: str, sm: str | None, fused_on: bool, auto_tuning: boo
 
 
 def is_compiled(block: nn.Module) -> bool:
+    """compile_blocks sets a compiled `forward` on the instance; removing it restores the class's."""
     return "forward" in block.__dict__
 
 
