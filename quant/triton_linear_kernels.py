@@ -63,7 +63,8 @@ def _e8m0_value(code):
 
 @triton.jit
 def mxfp4_dequant_kernel(w_ptr, bs_ptr, out_ptr, N, K, BR: tl.constexpr, BK: tl.constexpr):
-    """MXFP4 [N, K] -> dense W in out's dtype, as quant.fp4.dequantize_mxfp4 (K a multiple of BK; BK a multiple of 32)."""
+    """MXFP4 [N, K] -> dense W in out's dtype, as quant.fp4.dequantize_mxfp4.
+    K is a multiple of BK, and BK of 32 (the MXFP4 block)."""
     rows = tl.program_id(0) * BR + tl.arange(0, BR)
     k0 = tl.program_id(1) * BK
     row_mask = rows < N
