@@ -40,12 +40,17 @@ def _e2m1_value(code):
 
 
 @triton.jit
+def _unpack_e2m1(packed, R: tl.constexpr, C: tl.constexpr):
+    """Packed codes [R, C/2] (any int type; element 2i in the low nibble) -> fp32 values [R, C]."""
+    p = packed.to(tl.int32)
+    return tl.reshape(tl.join(_e2m1_value(p & 15), _e2m1_value(p >> 4)), (R, C))
+
+
+@triton.jit
 def _nvfp4_tile(w_ptr, bs_ptr, ts, rows, k0, Kh, Kb, BR: tl.constexpr, BK: tl.constexpr, row_mask):
     """Dequantized fp32 tile [BR, BK] of an NVFP4 weight starting at column k0 (k0 % 16 == 0)."""
     kh = k0 // 2 + tl.arange(0, BK // 2)
-    packed = tl.load(w_ptr + rows[:, None] * Kh + kh[None, :], mask=row_mask[:, None], other=0).to(tl.int32)
-    vals = tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4))        # [BR, BK/2, 2]
-    vals = tl.reshape(vals, (BR, BK))                                        # element 2i = low nibble
+    vals = _unpack_e2m1(tl.load(w_ptr + rows[:, None] * Kh + kh[None, :], mask=row_mask[:, None], other=0), BR, BK)
     kb = k0 // 16 + tl.arange(0, BK // 16)
     bs = tl.load(bs_ptr + rows[:, None] * Kb + kb[None, :], mask=row_mask[:, None], other=0.0).to(tl.float32)
     scale = bs * ts                                                          # as quant/fp4.dequantize_nvfp4
@@ -69,8 +74,8 @@ def mxfp4_dequant_kernel(w_ptr, bs_ptr, out_ptr, N, K, BR: tl.constexpr, BK: tl.
     k0 = tl.program_id(1) * BK
     row_mask = rows < N
     kh = k0 // 2 + tl.arange(0, BK // 2)
-    packed = tl.load(w_ptr + rows[:, None] * (K // 2) + kh[None, :], mask=row_mask[:, None], other=0).to(tl.int32)
-    vals = tl.reshape(tl.join(_e2m1_value(packed & 15), _e2m1_value(packed >> 4)), (BR, BK))
+    vals = _unpack_e2m1(tl.load(w_ptr + rows[:, None] * (K // 2) + kh[None, :], mask=row_mask[:, None], other=0),
+                        BR, BK)
     kb = k0 // 32 + tl.arange(0, BK // 32)
     code = tl.load(bs_ptr + rows[:, None] * (K // 32) + kb[None, :], mask=row_mask[:, None], other=127).to(tl.int32)
     w = tl.reshape(tl.reshape(vals, (BR, BK // 32, 32)) * _e8m0_value(code)[:, :, None], (BR, BK))
@@ -129,9 +134,7 @@ def fp4_operand(packed, scales, R: tl.constexpr, C: tl.constexpr):
     """Packed e2m1 [R, C/2] + e4m3 scales [R, C/16] -> fp16 [R, C] (exact: <= 6 significant bits, >= 2^-10).
     What tl.dot_scaled does in software where FP4 MMA is missing, written out because Triton 3.6
     cannot emulate e4m3-scaled (NVFP4) dot_scaled on sm_90."""
-    p = packed.to(tl.int32)
-    vals = tl.reshape(tl.join(_e2m1_value(p & 15), _e2m1_value(p >> 4)), (R, C))
-    vals = tl.reshape(vals, (R, C // 16, 16)) * scales.to(tl.float32)[:, :, None]
+    vals = tl.reshape(_unpack_e2m1(packed, R, C), (R, C // 16, 16)) * scales.to(tl.float32)[:, :, None]
     return tl.reshape(vals, (R, C)).to(tl.float16)
 
 
