@@ -13,7 +13,8 @@ Requirements per mode (kernels_quant_perf.md sections 5, 8, 9):
 | sageattn_3_fp4  | CUDA sm_100+ (FP4 MMA: sm_100, sm_120) | fp16, bf16, fp32 | multiple of 16, <=256 | `sageattn3` (head dim 64/128), (our kernel, later), PyTorch reference |
 
 Fallback chains (an unsupported choice walks its chain to the first mode that can run with a fast
-implementation; sdpa always can):
+implementation, passing over a mode measured both slower and less accurate than the next one on this GPU:
+sageattn_3_fp8 with the Triton kernels on Hopper; sdpa always can):
     sageattn_3_fp4 -> sageattn_3_fp8 -> sageattn_3 -> sdpa
     sageattn       -> sageattn_3 -> sdpa
     flash_attn_3   -> flash_attn_2 -> sdpa
@@ -34,7 +35,7 @@ reference is never a fallback target and never chosen by `auto`.
     Hopper); sageattn_3_fp4 is left out (not lossless per SageAttention3's README; Wan not listed).
 
 Log lines (via log.py, each once per process): the fallback,
-    [INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA H200, sm_90): using sageattn_3_fp8
+    [INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA GeForce RTX 4090, sm_89): using sageattn_3_fp8
 and the mode that runs, `[INFO] Using sageattn_3_fp8 attention`.
 """
 from __future__ import annotations
@@ -229,9 +230,16 @@ class Resolution:
     hint: str | None = None          # a better choice on this GPU (measured), logged once
 
 
+def _dominated(mode: str, impl: Implementation, env: Env) -> bool:
+    """Measured (bench/RESULTS.md, H200): with our Triton kernels on Hopper, sageattn_3_fp8 is both slower and
+    less accurate than sageattn_3, the next mode of its chain. Asked for by name it still runs (with _hint);
+    as a fallback target it is passed over."""
+    return mode == "sageattn_3_fp8" and impl.name == "triton" and env.sm == 90
+
+
 def _hint(mode: str, impl: Implementation, env: Env) -> str | None:
-    """Measured advice (bench/RESULTS.md, H200): our Triton e4m3 P.V is slower than its 16-bit P.V on Hopper."""
-    if mode == "sageattn_3_fp8" and impl.name == "triton" and env.sm == 90:
+    """Measured advice for a mode asked for by name (see _dominated)."""
+    if _dominated(mode, impl, env):
         return ("sageattn_3_fp8 on Hopper (sm_90) with the Triton kernels: sageattn_3 is faster here "
                 "(49 vs 53 ms per 37,800-token call on an H200) and more accurate (error 0.009 vs 0.037)")
     return None
@@ -291,7 +299,9 @@ def resolve(requested: str, env: Env | None = None, head_dim: int | None = None,
     mode = MODES[requested].fallback
     while mode is not None:
         impl, _, _ = _find_impl(mode, env, head_dim, dtype, allow_slow=False, force_reference=False)
-        if impl is not None:
+        if impl is not None and _dominated(mode, impl, env):
+            reason += f" ({mode} passed over: {MODES[mode].fallback} is faster and more accurate on this GPU)"
+        elif impl is not None:
             return Resolution(requested, mode, impl, reason, hint=_hint(mode, impl, env))
         mode = MODES[mode].fallback
     raise RuntimeError(f"attention mode {requested!r}: nothing in its fallback chain can run")
