@@ -296,13 +296,15 @@ def resolve(requested: str, env: Env | None = None, head_dim: int | None = None,
     impl, reason, note = _find_impl(requested, env, head_dim, dtype, allow_slow=True, force_reference=force_reference)
     if impl is not None:
         return Resolution(requested, requested, impl, None, note, _hint(requested, impl, env))
-    mode = MODES[requested].fallback
+    mode, passed = MODES[requested].fallback, None
     while mode is not None:
         impl, _, _ = _find_impl(mode, env, head_dim, dtype, allow_slow=False, force_reference=False)
         if impl is not None and _dominated(mode, impl, env):
-            reason += f" ({mode} passed over: {MODES[mode].fallback} is faster and more accurate on this GPU)"
+            passed = mode
         elif impl is not None:
-            return Resolution(requested, mode, impl, reason, hint=_hint(mode, impl, env))
+            hint = _hint(mode, impl, env) or (passed and f"{requested}: {passed} passed over on this GPU, {mode} is "
+                                              "faster and more accurate here (bench/RESULTS.md)")
+            return Resolution(requested, mode, impl, reason, hint=hint)
         mode = MODES[mode].fallback
     raise RuntimeError(f"attention mode {requested!r}: nothing in its fallback chain can run")
 

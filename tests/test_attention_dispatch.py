@@ -120,10 +120,11 @@ def test_triton_kernels_take_their_modes_where_the_gpu_supports_them(lines):
     pytest.importorskip("triton")
     assert resolve_mode("sageattn_3_fp8", sim(90, "triton"), 128, BF16) == ("sageattn_3_fp8", None)
     # On Hopper the fallback passes over sageattn_3_fp8 (slower and less accurate than sageattn_3 there) ...
-    skip = ("not supported on this GPU (NVIDIA H200, sm_90) (sageattn_3_fp8 passed over: sageattn_3 is faster and "
-            "more accurate on this GPU)")
-    assert resolve_mode("sageattn_3_fp4", sim(90, "triton"), 128, BF16) == ("sageattn_3", skip)
-    assert f"[INFO] sageattn_3_fp4 {skip}: using sageattn_3" in lines
+    assert resolve_mode("sageattn_3_fp4", sim(90, "triton"), 128, BF16) == (
+        "sageattn_3", "not supported on this GPU (NVIDIA H200, sm_90)")
+    assert "[INFO] sageattn_3_fp4 not supported on this GPU (NVIDIA H200, sm_90): using sageattn_3" in lines
+    assert ("[INFO] sageattn_3_fp4: sageattn_3_fp8 passed over on this GPU, sageattn_3 is faster and more accurate "
+            "here (bench/RESULTS.md)") in lines
     # ... and keeps it on Ada, where FP8 P.V is the fast path
     assert resolve_mode("sageattn_3_fp4", sim(89, "triton"), 128, BF16) == (
         "sageattn_3_fp8", "not supported on this GPU (NVIDIA GeForce RTX 4090, sm_89)")
