@@ -67,6 +67,11 @@ def _need(ok: bool, what: str, device) -> None:
                            "named in quant/triton_linear.py); use the PyTorch reference path instead")
 
 
+def _gemm_dtype(x: torch.Tensor) -> torch.dtype:
+    """The 16-bit type the GEMMs run and return in: x's own, or bf16 for fp32 x (cast back by the caller)."""
+    return x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
 def _check_k(x: torch.Tensor, k: int, name: str) -> torch.Tensor:
     if x.shape[-1] != k:
         raise ValueError(f"{name}: input has {x.shape[-1]} features, the weight expects {k}")
@@ -110,7 +115,7 @@ def fp8_linear(x: torch.Tensor, w_fp8: torch.Tensor, w_scale_per_channel: torch.
     x2 = _check_k(x, k, "fp8_linear")
     xq, sx = quant_fp8_rows(x2)
     sw = w_scale_per_channel.float().reshape(-1).expand(n) if w_scale_per_channel.numel() == 1 else w_scale_per_channel
-    out_dtype = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    out_dtype = _gemm_dtype(x)
     out = _scaled_mm(xq, sx, w_fp8, sw, bias, out_dtype, FAST_ACCUM if fast_accum is None else fast_accum)
     return out.to(x.dtype).reshape(*x.shape[:-1], n)
 
@@ -152,15 +157,6 @@ def mxfp4_dequantize(w_packed: torch.Tensor, block_scales_e8m0: torch.Tensor, dt
     return out
 
 
-def mxfp4_linear_w4a16(x: torch.Tensor, w_packed, block_scales_e8m0, bias=None) -> torch.Tensor:
-    """y = x @ dequant(W)^T + bias for MXFP4 weights (fp4_experimental): decode once per call, cuBLAS GEMM."""
-    _need(supports(x.device), "mxfp4_linear_w4a16", x.device)
-    dt = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
-    w = mxfp4_dequantize(w_packed, block_scales_e8m0, dt)[:, :x.shape[-1]]
-    out = F.linear(x.to(dt), w, None if bias is None else bias.to(dt))
-    return out.to(x.dtype)
-
-
 def nvfp4_row_scales(block_scales_e4m3, tensor_scale) -> torch.Tensor:
     """Per-output-channel fp32 scale of the W4A8 operand, as quant.fp4.nvfp4_to_fp8_rows."""
     s = tensor_scale.float().reshape(()) * block_scales_e4m3.float().amax(dim=1) * (E2M1_MAX / E4M3_MAX)
@@ -178,20 +174,32 @@ def nvfp4_to_fp8(w_packed, block_scales_e4m3, tensor_scale) -> tuple[torch.Tenso
     return out, rs
 
 
-# ----------------------------------------------------------------------------- NVFP4 linears
+# ----------------------------------------------------------------------------- FP4 linears
+def _decoded_linear(x2: torch.Tensor, w: torch.Tensor, bias) -> torch.Tensor:
+    """cuBLAS on a weight decoded to x2's 16-bit dtype for this call (the W4A16 path at large M)."""
+    return F.linear(x2, w, None if bias is None else bias.to(x2.dtype))
+
+
+def mxfp4_linear_w4a16(x: torch.Tensor, w_packed, block_scales_e8m0, bias=None) -> torch.Tensor:
+    """y = x @ dequant(W)^T + bias for MXFP4 weights (fp4_experimental): decode once per call, cuBLAS GEMM."""
+    _need(supports(x.device), "mxfp4_linear_w4a16", x.device)
+    dt = _gemm_dtype(x)
+    w = mxfp4_dequantize(w_packed, block_scales_e8m0, dt)[:, :x.shape[-1]]
+    return _decoded_linear(x.to(dt), w, bias).to(x.dtype)
+
+
 def nvfp4_linear_w4a16(x, w_packed, block_scales_e4m3, tensor_scale, bias=None, fused: bool | None = None,
                        config=None) -> torch.Tensor:
     """y = x @ dequant(W)^T + bias in x's 16-bit dtype (fp32 x runs in bf16 and is cast back)."""
     _need(supports(x.device), "nvfp4_linear_w4a16", x.device)
     n, k = _nvfp4_shapes(w_packed, block_scales_e4m3, "nvfp4_linear_w4a16")
     x2 = _check_k(x, k, "nvfp4_linear_w4a16")
-    dt = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    dt = _gemm_dtype(x)
     x2 = x2.to(dt)
     m = x2.shape[0]
     fused = m <= FUSED_W4A16_MAX_M if fused is None else fused
     if not fused:
-        w = nvfp4_dequantize(w_packed, block_scales_e4m3, tensor_scale, dt)
-        out = F.linear(x2, w, None if bias is None else bias.to(dt))
+        out = _decoded_linear(x2, nvfp4_dequantize(w_packed, block_scales_e4m3, tensor_scale, dt), bias)
     else:
         if x2.stride(-1) != 1:
             x2 = x2.contiguous()
@@ -224,7 +232,7 @@ def nvfp4_linear_w4a4(x, w_packed, block_scales_e4m3, tensor_scale, bias=None, c
     xp, xb, xt = quantize_nvfp4(x2)
     alpha = (xt.float() * tensor_scale.float().reshape(())).reshape(1).contiguous()
     m = x2.shape[0]
-    dt = x.dtype if x.dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    dt = _gemm_dtype(x)
     out = torch.empty(m, n, dtype=dt, device=x.device)
     bm, bn, bk, warps, stages = config
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))

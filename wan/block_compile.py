@@ -81,7 +81,7 @@ def compile_blocks(model: nn.Module, enabled: bool, *, backend: str = "inductor"
         raise TypeError(f"{type(model).__name__} has no transformer blocks to compile")
     if enabled:
         from . import fused
-        fused._kernels()          # import the Triton module now, not inside a trace
+        fused.fused_active()      # imports the Triton module now, not inside a trace
     count = 0
     for block in blocks:
         if not enabled:

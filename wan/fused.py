@@ -26,6 +26,11 @@ def fused_enabled() -> bool:
     return _STATE["enabled"]
 
 
+def fused_active() -> bool:
+    """On and importable: the fused kernels will run on CUDA tensors (imports the Triton module once)."""
+    return fused_enabled() and _kernels() is not None
+
+
 def _kernels():
     """The Triton kernel module, or None without Triton; resolved once. A plain dict read afterwards, so
     TorchDynamo traces it as a constant (wan/block_compile.py resolves it before compiling)."""

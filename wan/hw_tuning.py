@@ -469,9 +469,9 @@ def plan_run(model, quant_mode: str, attention_mode: str, settings, tuning: dict
         batch_cfg=bool(_get(settings, "batch_cfg", True)), offload_embeddings=bool(tuning.get("offload_embeddings", False)),
         vae_tiling=str(tuning.get("vae_tiling", "auto")), window=int(_get(settings, "window", 81)),
         encoder_bytes=None if other is None else {"encoders and other tensors on the GPU now": other})
-    fused_on = fused.fused_enabled() and fused._kernels() is not None
     plan.torch_compile, plan.reasons["compile"] = decide_compile(
-        str(tuning.get("torch_compile", "auto")), gpu.sm if gpu.is_cuda else None, fused_on, bool(tuning.get("auto")))
+        str(tuning.get("torch_compile", "auto")), gpu.sm if gpu.is_cuda else None, fused.fused_active(),
+        bool(tuning.get("auto")))
     if plan.torch_compile:
         plan.notes.append(f"{COMPILE_PEAK_NOTE} (not in the prediction)")
     return plan
