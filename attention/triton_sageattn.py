@@ -120,14 +120,19 @@ def _descriptor(t: torch.Tensor, block: list[int]):
     return TensorDescriptor.from_tensor(t, block)
 
 
+def _config(config) -> tuple:
+    """(BM, BN, warps, stages[, prefetch[, warp_specialize]]) with the defaults filled in."""
+    bm, bn, warps, stages, prefetch, ws = (tuple(config) + (False, False)[len(config) - 4:])[:6]
+    return bm, bn, warps, stages, bool(prefetch), bool(ws)
+
+
 def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = None) -> torch.Tensor:
     out_dtype = q.dtype
     if q.dtype not in _HALF:                        # fp32 inputs: 16-bit P.V as bf16, as the reference
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    bm, bn, warps, stages, prefetch, ws = (tuple(config) + (False, False))[:6] if config else \
-        CONFIGS.get((pv_fp8, d), (128, 64, 4, 2, False, False))
+    bm, bn, warps, stages, prefetch, ws = _config(config or CONFIGS.get((pv_fp8, d), (128, 64, 4, 2)))
     use_tma = (USE_TMA and torch.cuda.get_device_capability(q.device)[0] >= 9) if use_tma is None else use_tma
     lq_pad, lk_pad = _padded(lq, bm), _padded(lk, max(bn, 16))
     kmean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()                   # [B, H, D]

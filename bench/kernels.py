@@ -16,6 +16,7 @@ the baseline measured in the same run, relative error.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import platform
 import sys
@@ -160,18 +161,30 @@ def bench_attention(lengths, with_fp4_time=False, ref_check=True):
         torch.cuda.empty_cache()
 
 
-def tune_attention(n=37800):
+def parse_tune_configs(specs) -> dict | None:
+    """["16:128,64,4,3", "fp8:128,128,8,3,1"] -> {False: [(128, 64, 4, 3)], True: [(128, 128, 8, 3, 1)]}
+    (key: e4m3 P.V?); None (the built-in sweep) when there are none."""
+    chosen: dict = {}
+    for spec in specs or ():
+        pv, _, cfg = spec.partition(":")
+        if pv not in ("16", "fp8") or not cfg:
+            raise SystemExit(f"--tune-configs: {spec!r} is not PV:BM,BN,WARPS,STAGES[,PREFETCH,WS] with PV 16 or fp8")
+        chosen.setdefault(pv == "fp8", []).append(tuple(int(x) for x in cfg.split(",")))
+    return chosen or None
+
+
+def tune_attention(n=37800, candidates=None):
     """Tile configs of the INT8 attention kernels at one length: ms, TF/s and error on both input kinds.
-    Config = (BM, BN, warps, stages, prefetch, warp_specialize)."""
+    Config = (BM, BN, warps, stages[, prefetch[, warp_specialize]]); candidates: {pv_fp8: [config]}."""
     from wanfp4.attention import triton_sageattn as T
     inputs = {kind: _attn_inputs(kind, n) for kind in ("iid", "biased_k")}
     exact = {kind: exact_heads(*inputs[kind]) for kind in inputs}
     flops = 4 * 40 * n * n * 128
-    candidates = {True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
+    candidates = candidates or {True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
                          (128, 64, 8, 3, True, False), (128, 128, 8, 3, True, True)],
                   False: [(128, 64, 4, 3, False, False), (128, 128, 8, 3, True, False), (128, 64, 8, 3, True, False),
                           (128, 128, 8, 3, False, False)]}
-    for pv_fp8 in (True, False):
+    for pv_fp8 in candidates:
         for cfg in candidates[pv_fp8]:
             try:
                 fn = lambda q, k, v: T._int8_attention(q, k, v, pv_fp8, config=cfg)   # noqa: E731
@@ -274,6 +287,27 @@ DIT_MODES = {   # quantization mode -> attention modes timed with it
 }
 
 
+NO_SELF_ATTENTION = "no_self_attention"
+
+
+@contextlib.contextmanager
+def self_attention_skipped(min_tokens: int = 4096):
+    """Self-attention (as many keys as queries, more than min_tokens) returns q unchanged, no kernel runs:
+    what a forward costs besides its self-attention, the floor any attention kernel's time adds to.
+    Cross-attentions still run (sdpa)."""
+    from wanfp4.wan import blocks
+    real = blocks.attention
+
+    def skip(q, k, v, mode="sdpa", **kw):
+        return q if q.shape[1] == k.shape[1] > min_tokens else real(q, k, v, mode, **kw)
+
+    blocks.attention = skip
+    try:
+        yield
+    finally:
+        blocks.attention = real
+
+
 def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool = False, device: str = "cuda",
               variants: tuple[tuple[bool, bool], ...] = ((True, False),), modes: dict | None = None,
               peer: bool = True, batch: int = 1) -> None:
@@ -308,14 +342,16 @@ def bench_dit(width: int, height: int, frames: int, iters: int = 2, tiny: bool =
             for fz, comp in variants:
                 name = (f"{mode} + {attn}" + (" + fused elementwise" if fz else "")
                         + (" + torch.compile" if comp else "") + (f", batch {batch}" if batch != 1 else ""))
+                skip = attn == NO_SELF_ATTENTION
                 try:
                     fused.set_fused(fz)
-                    dm = services.prepare_diffusion_model(model, attn, None, device, dtype)
+                    dm = services.prepare_diffusion_model(model, "sdpa" if skip else attn, None, device, dtype)
                     compile_blocks(dm.model, comp)
                     graphs = counters["stats"]["unique_graphs"]
-                    ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
-                    with torch.inference_mode():
-                        out = dm.model(*args, **kw).float()
+                    with self_attention_skipped() if skip else contextlib.nullcontext():
+                        ms, first, peak = time_calls(lambda: dm.model(*args, **kw), iters, device)
+                        with torch.inference_mode():
+                            out = dm.model(*args, **kw).float()
                     if ref is None:
                         base, ref = ms, out
                     extra = f"; {counters['stats']['unique_graphs'] - graphs} graphs compiled" if comp else ""
@@ -362,6 +398,8 @@ def main(argv=None) -> int:
     ap.add_argument("--attn", action="store_true")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--tune", action="store_true", help="sweep attention tile configs at L=37800")
+    ap.add_argument("--tune-configs", nargs="+", metavar="PV:BM,BN,WARPS,STAGES[,PREFETCH,WS]",
+                    help="--tune: only these configs; PV is fp8 or 16 (the P.V type), e.g. 16:128,64,4,3")
     ap.add_argument("--lengths", type=int, nargs="*", default=[37800, 32760, 75600])
     ap.add_argument("--fp4-time", action="store_true", help="also time the emulated FP4 attention")
     ap.add_argument("--dit", action="store_true", help="full 14B DiT forward per mode at the seed shape")
@@ -369,7 +407,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fused", action="store_true",
                     help="--dit: time each mode without and with the fused element-wise kernels (default: with)")
     ap.add_argument("--dit-modes", nargs="+", metavar="QUANT:ATTN",
-                    help="--dit: only these (quantization, attention) pairs; the first one is the reference")
+                    help="--dit: only these (quantization, attention) pairs; the first one is the reference. "
+                         f"Attention {NO_SELF_ATTENTION!r} times the forward without its self-attention")
     ap.add_argument("--compile", action="store_true",
                     help="--dit: also time each mode with torch.compile of the blocks (wan/block_compile.py)")
     ap.add_argument("--dit-batch", type=int, default=1, help="--dit: batch size (3 = the sampler's batched CFG)")
@@ -385,7 +424,7 @@ def main(argv=None) -> int:
     print("# command:", " ".join(sys.argv))
     print("group | mode | shape | ms | TF/s | ratio | err iid | err biased K | vs ref | note")
     if a.tune:
-        tune_attention()
+        tune_attention(candidates=parse_tune_configs(a.tune_configs))
     if a.attn or not (a.linear or a.tune or a.dit):
         bench_attention(a.lengths, with_fp4_time=a.fp4_time)
     if a.dit:

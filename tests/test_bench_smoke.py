@@ -67,3 +67,47 @@ def test_memory_probe_records_every_block_phase():
     assert list(rows) == ["self_attn", "cross_attn", "audio_cross_attn", "ffn", "residual/end"]
     assert all(v > 0 for v in rows.values()) and rows["residual/end"] > rows["self_attn"]
     assert not model.blocks[0]._forward_hooks and not model.blocks[0]._forward_pre_hooks
+
+
+def test_tune_configs_parse_and_fill_defaults():
+    from wanfp4.attention.triton_sageattn import _config
+    from wanfp4.bench.kernels import parse_tune_configs
+
+    assert parse_tune_configs(None) is None
+    got = parse_tune_configs(["16:128,64,4,3", "fp8:128,128,8,3,1", "16:128,128,8,3,0,1"])
+    assert got == {False: [(128, 64, 4, 3), (128, 128, 8, 3, 0, 1)], True: [(128, 128, 8, 3, 1)]}
+    assert _config((128, 64, 4, 3)) == (128, 64, 4, 3, False, False)
+    assert _config((128, 128, 8, 3, 1)) == (128, 128, 8, 3, True, False)
+    assert _config((128, 128, 8, 3, 0, 1)) == (128, 128, 8, 3, False, True)
+    with pytest.raises(SystemExit, match="PV 16 or fp8"):
+        parse_tune_configs(["bf16:128,64,4,3"])
+
+
+def test_self_attention_skipped_runs_only_the_cross_attentions(monkeypatch):
+    """The floor measurement of bench/kernels.py: under the context every self-attention returns q and
+    never reaches a kernel, every cross-attention still does, and the DiT's own function comes back after."""
+    from wanfp4.bench.dit_forward import dit_inputs
+    from wanfp4.bench.kernels import self_attention_skipped
+    from wanfp4.bench.seed_models import build_dit, dit_config
+    from wanfp4.wan import blocks
+
+    model = build_dit("disabled", "cpu", torch.float32, tiny=True).eval()
+    args, kw = dit_inputs(dit_config(True), 1, 64, 64, 9, "cpu", torch.float32)
+    seen = []
+    real = blocks.attention
+
+    def counting(q, k, v, mode="sdpa", **kwargs):
+        seen.append((q.shape[1], k.shape[1]))
+        return real(q, k, v, mode, **kwargs)
+
+    monkeypatch.setattr(blocks, "attention", counting)
+    with torch.no_grad():
+        full = model(*args, **kw)
+        self_calls = [s for s in seen if s[0] == s[1]]
+        assert len(self_calls) == len(model.blocks)
+        seen.clear()
+        with self_attention_skipped(min_tokens=0):
+            skipped = model(*args, **kw)
+        assert seen and all(lq != lk for lq, lk in seen)
+    assert blocks.attention is counting
+    assert not torch.allclose(full, skipped)

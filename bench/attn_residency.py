@@ -1,0 +1,51 @@
+"""How many attention CTAs share an SM, and whether the ones that share it overlap their work.
+
+    python3 -m wanfp4.bench.attn_residency
+
+Prints the driver's occupancy for the sageattn_3 kernel (CTAs per SM) and the time for 1x, 2x and 3x
+as many Q tiles as the GPU has SMs, all over the same 37 800 keys. If two CTAs per SM overlap their
+tensor-core and softmax phases, 2x the tiles costs well under 2x the time.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+
+import torch
+
+
+def occupancy(compiled, threads: int) -> int:
+    cuda = ctypes.CDLL("libcuda.so.1")
+    n = ctypes.c_int(0)
+    rc = cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), ctypes.c_void_p(compiled.function),
+                                                          threads, compiled.metadata.shared)
+    return n.value if rc == 0 else -rc
+
+
+def main() -> None:
+    import triton.testing
+
+    from wanfp4.attention import triton_sageattn as T
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    lk, d = 37800, 128
+    k = torch.randn(1, lk, 1, d, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    for cfg in ((128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 3)):
+        base = None
+        for mult in (1, 2, 3):
+            q = torch.randn(1, mult * sms * cfg[0], 1, d, device="cuda", dtype=torch.bfloat16)
+            ms = triton.testing.do_bench(lambda: T._int8_attention(q, k, v, False, config=cfg), rep=300)
+            base = base or ms
+            flops = 4 * q.shape[1] * lk * d
+            print(f"cfg {cfg}: {mult * sms} CTAs ({mult}x SMs): {ms:.3f} ms, {flops / ms / 1e9:.0f} TF/s, "
+                  f"{ms / base:.2f}x the 1x time", flush=True)
+        kernels = [c for c in T._k.attn_int8_kernel.device_caches[0][0].values()]
+        for c in kernels:
+            if c.metadata.num_warps == cfg[2]:
+                print(f"   compiled: {c.n_regs} regs, {c.n_spills} spills, {c.metadata.shared} B shared, "
+                      f"occupancy {occupancy(c, 32 * c.metadata.num_warps)} CTAs/SM", flush=True)
+        T._k.attn_int8_kernel.device_caches[0][0].clear()
+
+
+if __name__ == "__main__":
+    main()
