@@ -121,9 +121,10 @@ def _descriptor(t: torch.Tensor, block: list[int]):
 
 
 def _config(config) -> tuple:
-    """(BM, BN, warps, stages[, prefetch[, warp_specialize]]) with the defaults filled in."""
-    bm, bn, warps, stages, prefetch, ws = (tuple(config) + (False, False)[len(config) - 4:])[:6]
-    return bm, bn, warps, stages, bool(prefetch), bool(ws)
+    """(BM, BN, warps, stages[, prefetch[, warp_specialize[, maxnreg]]]) with the defaults filled in;
+    maxnreg 0 leaves the register budget to ptxas (it takes up to 255 per thread)."""
+    bm, bn, warps, stages, prefetch, ws, maxnreg = (tuple(config) + (False, False, 0)[len(config) - 4:])[:7]
+    return bm, bn, warps, stages, bool(prefetch), bool(ws), int(maxnreg)
 
 
 def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = None) -> torch.Tensor:
@@ -132,7 +133,7 @@ def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = N
         q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     b, lq, h, d = q.shape
     lk = k.shape[1]
-    bm, bn, warps, stages, prefetch, ws = _config(config or CONFIGS.get((pv_fp8, d), (128, 64, 4, 2)))
+    bm, bn, warps, stages, prefetch, ws, maxnreg = _config(config or CONFIGS.get((pv_fp8, d), (128, 64, 4, 2)))
     use_tma = (USE_TMA and torch.cuda.get_device_capability(q.device)[0] >= 9) if use_tma is None else use_tma
     lq_pad, lk_pad = _padded(lq, bm), _padded(lk, max(bn, 16))
     kmean = torch.mean(k, dim=1, dtype=torch.float32).contiguous()                   # [B, H, D]
@@ -156,7 +157,7 @@ def _int8_attention(q, k, v, pv_fp8: bool, config=None, use_tma: bool | None = N
     _k.attn_int8_kernel[grid](q_src, qs, k_src, ks, v_src, vs, out, lq, lq_pad, lk, lk_pad, h,
                               out.stride(0), out.stride(1), out.stride(2), LOG2E / math.sqrt(d), v_stride,
                               D=d, BM=bm, BN=bn, PV_FP8=pv_fp8, USE_TMA=use_tma, PREFETCH=prefetch, WS=ws,
-                              num_warps=warps, num_stages=stages)
+                              num_warps=warps, num_stages=stages, **({"maxnreg": maxnreg} if maxnreg else {}))
     return out if out.dtype == out_dtype else out.to(out_dtype)
 
 

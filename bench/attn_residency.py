@@ -1,6 +1,6 @@
 """How many attention CTAs share an SM, and whether the ones that share it overlap their work.
 
-    python3 -m wanfp4.bench.attn_residency
+    python3 -m wanfp4.bench.attn_residency [--configs 128,64,4,3 64,64,4,2 ...]
 
 Prints the driver's occupancy for the sageattn_3 kernel (CTAs per SM) and the time for 1x, 2x and 3x
 as many Q tiles as the GPU has SMs, all over the same 37 800 keys. If two CTAs per SM overlap their
@@ -22,15 +22,22 @@ def occupancy(compiled, threads: int) -> int:
     return n.value if rc == 0 else -rc
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    import argparse
+
     import triton.testing
 
     from wanfp4.attention import triton_sageattn as T
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=["128,64,4,3", "128,64,4,2", "128,128,8,3"],
+                    metavar="BM,BN,WARPS,STAGES[,PREFETCH,WS,MAXNREG]",
+                    help="16-bit P.V tile configs of the sageattn_3 kernel")
+    configs = [tuple(int(x) for x in c.split(",")) for c in ap.parse_args(argv).configs]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     lk, d = 37800, 128
     k = torch.randn(1, lk, 1, d, device="cuda", dtype=torch.bfloat16)
     v = torch.randn_like(k)
-    for cfg in ((128, 64, 4, 3), (128, 64, 4, 2), (128, 128, 8, 3)):
+    for cfg in configs:
         base = None
         for mult in (1, 2, 3):
             q = torch.randn(1, mult * sms * cfg[0], 1, d, device="cuda", dtype=torch.bfloat16)

@@ -168,14 +168,14 @@ def parse_tune_configs(specs) -> dict | None:
     for spec in specs or ():
         pv, _, cfg = spec.partition(":")
         if pv not in ("16", "fp8") or not cfg:
-            raise SystemExit(f"--tune-configs: {spec!r} is not PV:BM,BN,WARPS,STAGES[,PREFETCH,WS] with PV 16 or fp8")
+            raise SystemExit(f"--tune-configs: {spec!r} is not PV:BM,BN,WARPS,STAGES[,PREFETCH,WS,MAXNREG] with PV 16 or fp8")
         chosen.setdefault(pv == "fp8", []).append(tuple(int(x) for x in cfg.split(",")))
     return chosen or None
 
 
 def tune_attention(n=37800, candidates=None):
     """Tile configs of the INT8 attention kernels at one length: ms, TF/s and error on both input kinds.
-    Config = (BM, BN, warps, stages[, prefetch[, warp_specialize]]); candidates: {pv_fp8: [config]}."""
+    Config = (BM, BN, warps, stages[, prefetch[, warp_specialize[, maxnreg]]]); candidates: {pv_fp8: [config]}."""
     from wanfp4.attention import triton_sageattn as T
     inputs = {kind: _attn_inputs(kind, n) for kind in ("iid", "biased_k")}
     exact = {kind: exact_heads(*inputs[kind]) for kind in inputs}
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
     ap.add_argument("--attn", action="store_true")
     ap.add_argument("--linear", action="store_true")
     ap.add_argument("--tune", action="store_true", help="sweep attention tile configs at L=37800")
-    ap.add_argument("--tune-configs", nargs="+", metavar="PV:BM,BN,WARPS,STAGES[,PREFETCH,WS]",
+    ap.add_argument("--tune-configs", nargs="+", metavar="PV:BM,BN,WARPS,STAGES[,PREFETCH,WS,MAXNREG]",
                     help="--tune: only these configs; PV is fp8 or 16 (the P.V type), e.g. 16:128,64,4,3")
     ap.add_argument("--lengths", type=int, nargs="*", default=[37800, 32760, 75600])
     ap.add_argument("--fp4-time", action="store_true", help="also time the emulated FP4 attention")

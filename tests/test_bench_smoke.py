@@ -76,9 +76,9 @@ def test_tune_configs_parse_and_fill_defaults():
     assert parse_tune_configs(None) is None
     got = parse_tune_configs(["16:128,64,4,3", "fp8:128,128,8,3,1", "16:128,128,8,3,0,1"])
     assert got == {False: [(128, 64, 4, 3), (128, 128, 8, 3, 0, 1)], True: [(128, 128, 8, 3, 1)]}
-    assert _config((128, 64, 4, 3)) == (128, 64, 4, 3, False, False)
-    assert _config((128, 128, 8, 3, 1)) == (128, 128, 8, 3, True, False)
-    assert _config((128, 128, 8, 3, 0, 1)) == (128, 128, 8, 3, False, True)
+    assert _config((128, 64, 4, 3)) == (128, 64, 4, 3, False, False, 0)
+    assert _config((128, 128, 8, 3, 1)) == (128, 128, 8, 3, True, False, 0)
+    assert _config((128, 128, 8, 3, 0, 1, 128)) == (128, 128, 8, 3, False, True, 128)
     with pytest.raises(SystemExit, match="PV 16 or fp8"):
         parse_tune_configs(["bf16:128,64,4,3"])
 
