@@ -9,12 +9,12 @@ tensor-core and softmax phases, 2x the tiles costs well under 2x the time.
 from __future__ import annotations
 
 import ctypes
-import math
 
 import torch
 
 
 def occupancy(compiled, threads: int) -> int:
+    """CTAs of this compiled kernel that fit on one SM, from the driver (a negative CUresult on failure)."""
     cuda = ctypes.CDLL("libcuda.so.1")
     n = ctypes.c_int(0)
     rc = cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(ctypes.byref(n), ctypes.c_void_p(compiled.function),
@@ -46,12 +46,11 @@ def main(argv=None) -> None:
             flops = 4 * q.shape[1] * lk * d
             print(f"cfg {cfg}: {mult * sms} CTAs ({mult}x SMs): {ms:.3f} ms, {flops / ms / 1e9:.0f} TF/s, "
                   f"{ms / base:.2f}x the 1x time", flush=True)
-        kernels = [c for c in T._k.attn_int8_kernel.device_caches[0][0].values()]
-        for c in kernels:
-            if c.metadata.num_warps == cfg[2]:
-                print(f"   compiled: {c.n_regs} regs, {c.n_spills} spills, {c.metadata.shared} B shared, "
-                      f"occupancy {occupancy(c, 32 * c.metadata.num_warps)} CTAs/SM", flush=True)
-        T._k.attn_int8_kernel.device_caches[0][0].clear()
+        cache = T._k.attn_int8_kernel.device_caches[0][0]   # Triton's compiled variants on device 0
+        for c in cache.values():                            # just this config's: cleared after each one
+            print(f"   compiled: {c.n_regs} regs, {c.n_spills} spills, {c.metadata.shared} B shared, "
+                  f"occupancy {occupancy(c, 32 * c.metadata.num_warps)} CTAs/SM", flush=True)
+        cache.clear()
 
 
 if __name__ == "__main__":

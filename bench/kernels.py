@@ -168,7 +168,8 @@ def parse_tune_configs(specs) -> dict | None:
     for spec in specs or ():
         pv, _, cfg = spec.partition(":")
         if pv not in ("16", "fp8") or not cfg:
-            raise SystemExit(f"--tune-configs: {spec!r} is not PV:BM,BN,WARPS,STAGES[,PREFETCH,WS,MAXNREG] with PV 16 or fp8")
+            raise SystemExit(f"--tune-configs: {spec!r} is not PV:BM,BN,WARPS,STAGES[,PREFETCH,WS,MAXNREG] "
+                             "with PV 16 or fp8")
         chosen.setdefault(pv == "fp8", []).append(tuple(int(x) for x in cfg.split(",")))
     return chosen or None
 
@@ -180,10 +181,11 @@ def tune_attention(n=37800, candidates=None):
     inputs = {kind: _attn_inputs(kind, n) for kind in ("iid", "biased_k")}
     exact = {kind: exact_heads(*inputs[kind]) for kind in inputs}
     flops = 4 * 40 * n * n * 128
-    candidates = candidates or {True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
-                         (128, 64, 8, 3, True, False), (128, 128, 8, 3, True, True)],
-                  False: [(128, 64, 4, 3, False, False), (128, 128, 8, 3, True, False), (128, 64, 8, 3, True, False),
-                          (128, 128, 8, 3, False, False)]}
+    candidates = candidates or {
+        True: [(128, 128, 8, 3, True, False), (128, 128, 8, 3, False, False), (128, 128, 8, 4, True, False),
+               (128, 64, 8, 3, True, False), (128, 128, 8, 3, True, True)],
+        False: [(128, 64, 4, 3, False, False), (128, 128, 8, 3, True, False), (128, 64, 8, 3, True, False),
+                (128, 128, 8, 3, False, False)]}
     for pv_fp8 in candidates:
         for cfg in candidates[pv_fp8]:
             try:
