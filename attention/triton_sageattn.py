@@ -25,7 +25,8 @@ except ImportError:  # pragma: no cover - depends on the install
 
 LOG2E = 1.4426950408889634
 _HALF = (torch.float16, torch.bfloat16)
-# Tile configuration per (pv_fp8, head_dim): BM, BN, num_warps, num_stages, prefetch, warp-specialize.
+# Tile configuration per (pv_fp8, head_dim): BM, BN, num_warps, num_stages, prefetch, warp-specialize
+# (and optionally maxnreg; _config fills in the defaults).
 # Chosen by bench/kernels.py --tune on the H200; other GPUs use the same (correct, maybe not fastest).
 CONFIGS: dict[tuple[bool, int], tuple] = {
     (True, 128): (128, 128, 8, 3, True, False), (False, 128): (128, 64, 4, 3, False, False),
